@@ -1,0 +1,191 @@
+//! Every limit and setting of the server, each a named field with a default, a flag and an
+//! environment variable. `chatd --help` prints the same text.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// chatd: a single-threaded WebSocket instant-messaging server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chatd", version, about)]
+pub struct Config {
+    /// Address and port to listen on; `:0` picks a free port (the chosen address is logged).
+    /// A bare `:PORT` means 127.0.0.1.
+    #[arg(long, env = "CHATD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+
+    /// Serve `/echo`, which echoes every message with its opcode (for conformance tools).
+    #[arg(long, env = "CHATD_ECHO")]
+    pub echo: bool,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, env = "CHATD_LOG", default_value = "info")]
+    pub log_level: log::LevelFilter,
+
+    /// Largest message after reassembly of its fragments; a bigger one closes the connection
+    /// with 1009.
+    #[arg(long, env = "CHATD_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
+    pub max_message_size: usize,
+
+    /// Largest payload of a single frame; a bigger one closes with 1009. Defaults to the
+    /// message size limit.
+    #[arg(long, env = "CHATD_MAX_FRAME_SIZE")]
+    pub max_frame_size: Option<usize>,
+
+    /// Outgoing bytes a connection may have queued (not yet taken by its socket). A peer that
+    /// reads too slowly to stay under it is closed with 1008 and counted in
+    /// `chatd_backpressure_closes_total`.
+    #[arg(long, env = "CHATD_MAX_QUEUED_BYTES", default_value_t = 16 << 20)]
+    pub max_queued_bytes: usize,
+
+    /// Most simultaneous connections; the surplus is answered `503` and closed. Defaults to
+    /// what the open-file limit allows, less a reserve for the server's own files.
+    #[arg(long, env = "CHATD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Largest HTTP request head (request line and headers); bigger: `431`.
+    #[arg(long, env = "CHATD_MAX_REQUEST_SIZE", default_value_t = 8192)]
+    pub max_request_size: usize,
+
+    /// Most header fields in an HTTP request; more: `431`.
+    #[arg(long, env = "CHATD_MAX_HEADERS", default_value_t = 64)]
+    pub max_headers: usize,
+
+    /// Time a new connection has to send its whole HTTP request; then it is closed
+    /// (`408` when part of a request has arrived).
+    #[arg(long, env = "CHATD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// A WebSocket peer silent for this long is sent a ping.
+    #[arg(long, env = "CHATD_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A WebSocket peer silent for this long (no frame of any kind, pongs included) is closed
+    /// with 1001. Must be longer than the ping interval.
+    #[arg(long, env = "CHATD_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// After the server sends a close frame, how long it waits for the peer's close frame (and
+    /// for its own queued bytes to leave) before it drops the connection.
+    #[arg(long, env = "CHATD_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long the server waits for connections to finish their close
+    /// handshakes before it exits anyway.
+    #[arg(long, env = "CHATD_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Origins allowed to open WebSocket connections (comma-separated or repeated). Empty:
+    /// any. Requests that carry no Origin header (non-browser clients) are not checked.
+    #[arg(
+        long = "allowed-origin",
+        env = "CHATD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::parse_from(["chatd"])
+    }
+}
+
+impl Config {
+    /// The frame size limit in force.
+    pub fn frame_limit(&self) -> usize {
+        self.max_frame_size
+            .unwrap_or(self.max_message_size)
+            .min(self.max_message_size)
+    }
+
+    /// Problems with combinations of settings, as messages for the operator.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.idle_timeout <= self.ping_interval {
+            return Err(format!(
+                "--idle-timeout ({:?}) must be longer than --ping-interval ({:?})",
+                self.idle_timeout, self.ping_interval
+            ));
+        }
+        if self.max_queued_bytes < self.max_message_size {
+            return Err(format!(
+                "--max-queued-bytes ({}) must be at least --max-message-size ({}), or an echo of the largest message could never be queued",
+                self.max_queued_bytes, self.max_message_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `127.0.0.1:8080`, `[::1]:0`, or `:PORT` for 127.0.0.1.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("127.0.0.1{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|e| format!("not an address like 127.0.0.1:8080: {e}"))
+}
+
+/// `30` or `30s` (seconds, fractions allowed), `500ms`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration like 30s, 500ms or 5m: {s:?}"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("not a duration: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(parse_listen(":0").unwrap().to_string(), "127.0.0.1:0");
+        assert_eq!(parse_listen("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert!(parse_listen("nowhere").is_err());
+    }
+
+    #[test]
+    fn defaults_are_consistent() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.max_message_size, 1 << 20);
+        assert_eq!(c.frame_limit(), 1 << 20);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn inconsistent_timeouts_are_refused() {
+        let c = Config::parse_from(["chatd", "--ping-interval", "10", "--idle-timeout", "5"]);
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,519 @@
+//! The event loop: one `mio::Poll`, the listener, a `Slab` of connections, the timers.
+//!
+//! One iteration:
+//!
+//! 1. poll (sleeping until the earliest deadline, or not at all when work was carried over);
+//! 2. note readiness on the connections the events name, and signals;
+//! 3. accept new connections;
+//! 4. read, parse and dispatch on every connection that is ready (each returns its messages
+//!    through an inbox, and the loop applies them);
+//! 5. run expired deadlines (handshake timeouts, heartbeats, close timeouts);
+//! 6. flush what each touched connection has queued, reap the finished ones, reschedule their
+//!    deadlines, and remember the ones with unread input for the next iteration.
+//!
+//! Nothing holds a reference to another connection: the loop owns them all and hands each one
+//! a [`Cx`] with the configuration, the counters and the time.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::conn::{Conn, Cx, Pumped, Route, Step};
+use crate::http::{handshake, Request, Response};
+use crate::metrics::{CloseReason, Gauges, Metrics};
+use crate::net::{self, Accept};
+use crate::timer::{TimerKey, Timers};
+use crate::ws::{CloseCode, Opcode};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Descriptors kept back from the connection cap for the server's own files.
+const RESERVED_FDS: u64 = 64;
+
+/// Connections accepted per iteration before the loop serves the ones it has.
+const ACCEPT_BATCH: usize = 256;
+
+/// How long accepting pauses after the process runs out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Size of the loop's one read buffer, shared by all connections.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+/// The server: everything the loop owns.
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Signals,
+    local_addr: SocketAddr,
+    conns: Slab<Conn>,
+    timers: Timers,
+    cfg: Config,
+    metrics: Metrics,
+    max_connections: usize,
+    /// The listener may have connections waiting (the last accept did not say WouldBlock).
+    accept_ready: bool,
+    accept_paused: bool,
+    draining: bool,
+    stop: bool,
+    /// The read buffer every connection reads into; leftovers move to the connection.
+    scratch: Vec<u8>,
+    /// Messages decoded from one connection, waiting for dispatch.
+    inbox: Vec<(Opcode, Vec<u8>)>,
+    /// Connections to finish (flush, reap, reschedule) at the end of this iteration.
+    touched: Vec<usize>,
+    /// Connections with unread input, served again next iteration without waiting for an event.
+    carry: Vec<usize>,
+}
+
+/// Binds and runs until a signal has stopped the server.
+pub fn run(cfg: Config) -> io::Result<()> {
+    Server::bind(cfg)?.run()
+}
+
+impl Server {
+    /// Opens the listener, raises the open-file limit and registers the signal handlers.
+    pub fn bind(cfg: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(cfg.listen)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+
+        let fd_limit = net::raise_fd_limit();
+        let fits = fd_limit.saturating_sub(RESERVED_FDS) as usize;
+        let max_connections = match cfg.max_connections {
+            Some(n) if n > fits => {
+                warn!("--max-connections {n} is above what the open-file limit ({fd_limit}) allows; accepts past {fits} will fail and be retried");
+                n
+            }
+            Some(n) => n,
+            None => fits,
+        };
+        info!("listening on {local_addr}");
+        info!("open-file limit {fd_limit}: up to {max_connections} connections");
+        if cfg.echo {
+            info!("/echo enabled");
+        }
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            signals,
+            local_addr,
+            conns: Slab::new(),
+            timers: Timers::default(),
+            cfg,
+            metrics: Metrics::default(),
+            max_connections,
+            accept_ready: true,
+            accept_paused: false,
+            draining: false,
+            stop: false,
+            scratch: vec![0; SCRATCH_SIZE],
+            inbox: Vec::new(),
+            touched: Vec::new(),
+            carry: Vec::new(),
+        })
+    }
+
+    /// The address the listener is bound to (the chosen port when `:0` was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs the loop until shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut fired = Vec::new();
+        loop {
+            let busy = !self.carry.is_empty() || (self.accept_ready && self.can_accept());
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                self.timers.timeout(Instant::now())
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_ready = true,
+                    SIGNALS => self.on_signals(now),
+                    Token(key) => {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            // Closed or errored sockets report readable: the read tells which.
+                            let readable =
+                                event.is_readable() || event.is_read_closed() || event.is_error();
+                            conn.set_ready(readable, event.is_writable());
+                            touch(&mut self.conns, &mut self.touched, key);
+                        }
+                    }
+                }
+            }
+            for key in std::mem::take(&mut self.carry) {
+                if self.conns.contains(key) {
+                    touch(&mut self.conns, &mut self.touched, key);
+                }
+            }
+
+            if self.accept_ready && self.can_accept() {
+                self.accept(now);
+            }
+
+            // `touched` grows while we go (an accept, a dispatch to another connection).
+            let mut i = 0;
+            while i < self.touched.len() {
+                let key = self.touched[i];
+                self.service(key, now);
+                i += 1;
+            }
+
+            self.timers.expired(now, &mut fired);
+            for (at, key) in fired.drain(..) {
+                self.on_timer(at, key, now);
+            }
+
+            self.finish_iteration(now);
+
+            if self.stop || (self.draining && self.conns.is_empty()) {
+                break;
+            }
+        }
+        let left = self.conns.len();
+        if left > 0 {
+            info!("drain timeout: dropping {left} connections");
+        }
+        info!("shutdown complete");
+        Ok(())
+    }
+
+    fn can_accept(&self) -> bool {
+        self.listener.is_some() && !self.accept_paused
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Accepting
+    // ----------------------------------------------------------------------------------------
+
+    fn accept(&mut self, now: Instant) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        for _ in 0..ACCEPT_BATCH {
+            let (mut socket, peer) = match net::accept(listener) {
+                Accept::Conn(socket, peer) => (socket, peer),
+                Accept::WouldBlock => {
+                    self.accept_ready = false;
+                    return;
+                }
+                Accept::Skip => continue,
+                Accept::Exhausted(e) | Accept::Failed(e) => {
+                    // The listener stays readable while the backlog holds connections; without
+                    // a pause the loop would spin on a failing accept.
+                    self.metrics.accept_errors += 1;
+                    warn!(
+                        "accept failed ({e}); pausing accepts for {}ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    self.accept_paused = true;
+                    self.timers.schedule(now + ACCEPT_BACKOFF, TimerKey::Accept);
+                    return;
+                }
+            };
+            self.metrics.accepted += 1;
+            if self.conns.len() >= self.max_connections {
+                // Best effort: a fresh socket's buffer takes a short response whole.
+                self.metrics.rejected_full += 1;
+                let _ = socket.write(&Response::text(503, "server full").encode(false));
+                debug!("{peer}: refused, {} connections open", self.conns.len());
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut socket,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!("{peer}: register failed: {e}");
+                continue;
+            }
+            debug!("{peer}: accepted as {key}");
+            entry.insert(Conn::new(socket, peer, now));
+            touch(&mut self.conns, &mut self.touched, key);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Reading and dispatch
+    // ----------------------------------------------------------------------------------------
+
+    /// Reads, parses and dispatches everything one connection has for this iteration.
+    fn service(&mut self, key: usize, now: Instant) {
+        loop {
+            let Server {
+                conns,
+                cfg,
+                metrics,
+                scratch,
+                inbox,
+                ..
+            } = self;
+            let Some(conn) = conns.get_mut(key) else {
+                return;
+            };
+            let mut cx = Cx { cfg, metrics, now };
+            match conn.pump(&mut cx, scratch, inbox) {
+                Pumped::Request(req) => self.route(key, req, now),
+                Pumped::Done => break,
+            }
+        }
+        self.dispatch(key, now);
+    }
+
+    /// Applies the messages one connection sent.
+    fn dispatch(&mut self, key: usize, now: Instant) {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        let Server {
+            conns,
+            cfg,
+            metrics,
+            ..
+        } = self;
+        if let Some(conn) = conns.get_mut(key) {
+            let mut cx = Cx { cfg, metrics, now };
+            for (opcode, data) in inbox.drain(..) {
+                match conn.route() {
+                    Some(Route::Echo) => {
+                        conn.send(opcode, &data, &mut cx);
+                    }
+                    None => break,
+                }
+            }
+            conn.after_dispatch(&mut cx);
+        }
+        inbox.clear();
+        self.inbox = inbox;
+    }
+
+    /// Answers a request head: an upgrade on a known WebSocket path, or a plain HTTP route.
+    fn route(&mut self, key: usize, req: Request, now: Instant) {
+        let head_only = req.method == "HEAD";
+        let answer = if handshake::is_upgrade(&req) {
+            let route = match req.path.as_str() {
+                "/echo" if self.cfg.echo => Some(Route::Echo),
+                _ => None,
+            };
+            match route {
+                Some(route) => {
+                    handshake::check(&req, &self.cfg.allowed_origins).map(|resp| (resp, route))
+                }
+                None => Err(Response::status(404)),
+            }
+            .inspect_err(|r| self.metrics.handshake_failed(r.status))
+        } else {
+            Err(self.plain(&req))
+        };
+        let Server {
+            conns,
+            cfg,
+            metrics,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
+        let mut cx = Cx { cfg, metrics, now };
+        match answer {
+            Ok((bytes, route)) => conn.upgrade(bytes, route, &mut cx),
+            Err(response) => {
+                debug!(
+                    "{}: {} {} -> {}",
+                    conn.peer, req.method, req.path, response.status
+                );
+                conn.respond(&response, head_only, &mut cx);
+            }
+        }
+    }
+
+    /// The plain HTTP routes.
+    fn plain(&self, req: &Request) -> Response {
+        if req.method != "GET" && req.method != "HEAD" {
+            return Response::status(405).with_header("Allow", "GET, HEAD");
+        }
+        match req.path.as_str() {
+            "/healthz" if self.draining => Response::text(503, "shutting down"),
+            "/healthz" => Response::text(200, "ok"),
+            "/metrics" => Response {
+                status: 200,
+                headers: vec![("Cache-Control", "no-store".into())],
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: self.metrics.render(&self.gauges()).into_bytes(),
+            },
+            _ => Response::status(404),
+        }
+    }
+
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            connections: self.conns.len(),
+            websockets: self.conns.iter().filter(|(_, c)| c.is_open()).count(),
+            queued_bytes: self.conns.iter().map(|(_, c)| c.queued()).sum(),
+            max_connections: self.max_connections,
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Timers, signals, shutdown
+    // ----------------------------------------------------------------------------------------
+
+    fn on_timer(&mut self, at: Instant, key: TimerKey, now: Instant) {
+        match key {
+            TimerKey::Conn(k) => {
+                let Server {
+                    conns,
+                    cfg,
+                    metrics,
+                    touched,
+                    ..
+                } = self;
+                let Some(conn) = conns.get_mut(k) else {
+                    return;
+                };
+                // A reused slab slot may meet its predecessor's deadline: only its own counts.
+                if conn.timer_at != Some(at) {
+                    return;
+                }
+                conn.timer_at = None;
+                conn.on_timer(&mut Cx { cfg, metrics, now });
+                touch(conns, touched, k);
+            }
+            TimerKey::Accept => {
+                self.accept_paused = false;
+                self.accept_ready = true;
+            }
+            TimerKey::Drain => self.stop = true,
+        }
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        if let Some(sig) = pending.first() {
+            info!("signal {sig}: shutting down");
+            self.begin_shutdown(now);
+        }
+    }
+
+    /// Stops accepting, sends close 1001 to every WebSocket, and gives them the drain timeout
+    /// to finish their close handshakes.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let mut cx = Cx {
+                cfg: &self.cfg,
+                metrics: &mut self.metrics,
+                now,
+            };
+            self.conns[key].advance(
+                Step::Close(CloseCode::GOING_AWAY, CloseReason::Shutdown),
+                &mut cx,
+            );
+            touch(&mut self.conns, &mut self.touched, key);
+        }
+        self.timers
+            .schedule(now + self.cfg.drain_timeout, TimerKey::Drain);
+        info!(
+            "draining {} connections (up to {:?})",
+            self.conns.len(),
+            self.cfg.drain_timeout
+        );
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // End of the iteration
+    // ----------------------------------------------------------------------------------------
+
+    /// Flushes, reaps and reschedules every connection touched in this iteration.
+    fn finish_iteration(&mut self, now: Instant) {
+        let mut touched = std::mem::take(&mut self.touched);
+        for key in touched.drain(..) {
+            let mut cx = Cx {
+                cfg: &self.cfg,
+                metrics: &mut self.metrics,
+                now,
+            };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.touched = false;
+            conn.flush(&mut cx);
+            if conn.is_finished() {
+                self.reap(key);
+                continue;
+            }
+            let want = conn.deadline(&self.cfg);
+            match (conn.timer_at, want) {
+                // Lazy: a later deadline is found when the earlier entry fires.
+                (Some(at), Some(w)) if w >= at => {}
+                (Some(at), _) => {
+                    self.timers.cancel(at, TimerKey::Conn(key));
+                    conn.timer_at = None;
+                }
+                (None, _) => {}
+            }
+            if let (None, Some(w)) = (conn.timer_at, want) {
+                self.timers.schedule(w, TimerKey::Conn(key));
+                conn.timer_at = Some(w);
+            }
+            if conn.wants_read() {
+                self.carry.push(key);
+            }
+        }
+        self.touched = touched;
+    }
+
+    fn reap(&mut self, key: usize) {
+        let mut conn = self.conns.remove(key);
+        if let Some(at) = conn.timer_at {
+            self.timers.cancel(at, TimerKey::Conn(key));
+        }
+        let _ = self.poll.registry().deregister(conn.socket_mut());
+        if let Some(reason) = conn.close_reason() {
+            self.metrics.closed(reason);
+        }
+    }
+}
+
+/// Adds a connection to this iteration's list of connections to finish, once.
+fn touch(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize) {
+    if let Some(conn) = conns.get_mut(key) {
+        if !conn.touched {
+            conn.touched = true;
+            touched.push(key);
+        }
+    }
+}
