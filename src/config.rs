@@ -2,18 +2,73 @@
 //! environment variable. `chatd --help` prints the same text.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
 /// chatd: a single-threaded WebSocket instant-messaging server.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chatd", version, about)]
+#[command(name = "chatd", version, about, args_override_self = true)]
 pub struct Config {
     /// Address and port to listen on; `:0` picks a free port (the chosen address is logged).
     /// A bare `:PORT` means 127.0.0.1.
     #[arg(long, env = "CHATD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
+
+    /// Where the embedded database (and later stored files) live; created if missing.
+    #[arg(long, env = "CHATD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Secret for HS256 JWTs accepted by `auth`; without it only session tokens work.
+    #[arg(long, env = "CHATD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// A server admin, who may do in any group what its owner may (repeatable, or
+    /// comma-separated in the environment).
+    #[arg(long = "admin", env = "CHATD_ADMINS", value_delimiter = ',')]
+    pub admins: Vec<String>,
+
+    /// Whether `register` is allowed.
+    #[arg(long, env = "CHATD_REGISTRATION", default_value = "open")]
+    pub registration: Registration,
+
+    /// A `/ws` connection not authenticated within this time is closed with 1008.
+    #[arg(long, env = "CHATD_AUTH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// Lifetime of session tokens from `login`.
+    #[arg(long, env = "CHATD_SESSION_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+
+    /// Commands per second one connection may send, sustained; over it: `rate_limited`.
+    #[arg(long, env = "CHATD_COMMAND_RATE", default_value_t = 50.0)]
+    pub command_rate: f64,
+
+    /// Commands one connection may send in a burst before the rate applies.
+    #[arg(long, env = "CHATD_COMMAND_BURST", default_value_t = 100.0)]
+    pub command_burst: f64,
+
+    /// Refused (rate-limited) commands in a row after which the connection is closed with 1008.
+    #[arg(long, env = "CHATD_RATE_STRIKES", default_value_t = 20)]
+    pub rate_strikes: u32,
+
+    /// `register` and `login` attempts per minute from one remote address, sustained; over it:
+    /// `rate_limited` (against password guessing).
+    #[arg(long, env = "CHATD_LOGIN_RATE", default_value_t = 30.0)]
+    pub login_rate: f64,
+
+    /// `register` and `login` attempts from one remote address in a burst.
+    #[arg(long, env = "CHATD_LOGIN_BURST", default_value_t = 10.0)]
+    pub login_burst: f64,
+
+    /// Argon2id memory cost in KiB (the OWASP-recommended 19 MiB by default).
+    #[arg(long, env = "CHATD_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2id passes over the memory.
+    #[arg(long, env = "CHATD_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
 
     /// Serve `/echo`, which echoes every message with its opcode (for conformance tools).
     #[arg(long, env = "CHATD_ECHO")]
@@ -86,6 +141,15 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
 }
 
+/// Whether anyone may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Registration {
+    /// `register` works.
+    Open,
+    /// `register` answers `forbidden`; accounts come from JWTs or an existing database.
+    Closed,
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config::parse_from(["chatd"])
@@ -108,6 +172,13 @@ impl Config {
                 self.idle_timeout, self.ping_interval
             ));
         }
+        if self.command_rate <= 0.0
+            || self.command_burst < 1.0
+            || self.login_rate <= 0.0
+            || self.login_burst < 1.0
+        {
+            return Err("rates must be positive and bursts at least 1".into());
+        }
         if self.max_queued_bytes < self.max_message_size {
             return Err(format!(
                 "--max-queued-bytes ({}) must be at least --max-message-size ({}), or an echo of the largest message could never be queued",
@@ -129,7 +200,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("not an address like 127.0.0.1:8080: {e}"))
 }
 
-/// `30` or `30s` (seconds, fractions allowed), `500ms`, `5m`, `1h`.
+/// `30` or `30s` (seconds, fractions allowed), `500ms`, `5m`, `1h`, `30d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
@@ -140,6 +211,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (n, 60.0)
     } else if let Some(n) = s.strip_suffix('h') {
         (n, 3600.0)
+    } else if let Some(n) = s.strip_suffix('d') {
+        (n, 86400.0)
     } else {
         (s, 1.0)
     };

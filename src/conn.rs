@@ -42,6 +42,8 @@ pub const READ_PAUSE_QUEUED: usize = 512 * 1024;
 pub enum Route {
     /// `/echo`: every message goes back with its opcode.
     Echo,
+    /// `/ws`: the chat protocol.
+    Chat,
 }
 
 /// The phase of a connection; each variant owns the data that phase needs.
@@ -144,6 +146,8 @@ pub struct Conn {
     last_seen: Instant,
     /// A heartbeat ping is out and nothing has arrived since.
     ping_outstanding: bool,
+    /// A chat connection must authenticate by then, or be closed.
+    auth_deadline: Option<Instant>,
     /// Readiness hints: the socket may have more to read / room to write (edge-triggered, so
     /// they stay set until a call says WouldBlock).
     readable: bool,
@@ -170,6 +174,7 @@ impl Conn {
             output: OutQueue::default(),
             last_seen: now,
             ping_outstanding: false,
+            auth_deadline: None,
             readable: false,
             writable: true,
             write_shut: false,
@@ -187,6 +192,11 @@ impl Conn {
     /// The current phase.
     pub fn phase(&self) -> &Phase {
         &self.phase
+    }
+
+    /// Starts (`Some`) or stops (`None`) the authentication deadline.
+    pub fn set_auth_deadline(&mut self, at: Option<Instant>) {
+        self.auth_deadline = at;
     }
 
     /// Where an open WebSocket's messages go.
@@ -642,14 +652,15 @@ impl Conn {
     pub fn deadline(&self, cfg: &Config) -> Option<Instant> {
         match self.phase {
             Phase::Handshake { since } => Some(since + cfg.handshake_timeout),
-            Phase::Open { .. } => Some(
-                self.last_seen
+            Phase::Open { .. } => {
+                let heartbeat = self.last_seen
                     + if self.ping_outstanding {
                         cfg.idle_timeout
                     } else {
                         cfg.ping_interval
-                    },
-            ),
+                    };
+                Some(self.auth_deadline.map_or(heartbeat, |a| a.min(heartbeat)))
+            }
             Phase::Closing { since, .. } => Some(since + cfg.close_timeout),
             Phase::Closed {
                 since,
@@ -677,7 +688,9 @@ impl Conn {
             }
             Phase::Open { .. } => {
                 let silent = now.saturating_duration_since(self.last_seen);
-                if silent >= cfg.idle_timeout {
+                if self.auth_deadline.is_some_and(|at| now >= at) {
+                    self.advance(Step::Close(CloseCode::POLICY, CloseReason::AuthTimeout), cx);
+                } else if silent >= cfg.idle_timeout {
                     self.advance(
                         Step::Close(CloseCode::GOING_AWAY, CloseReason::IdleTimeout),
                         cx,

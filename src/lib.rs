@@ -11,16 +11,20 @@
 //! 6. [`conn`]: one connection's phases and the one function that moves between them.
 //! 7. [`timer`]: every deadline in one ordered set.
 //! 8. [`metrics`]: counters rendered for Prometheus.
-//! 9. [`server`]: the loop that ties them together.
+//! 9. [`store`]: the embedded SQLite store behind a narrow API.
+//! 10. [`chat`]: protocol v1 (accounts, tokens, groups, permissions) as commands in, effects out.
+//! 11. [`server`]: the loop that ties them together.
 //!
 //! `docs/lifecycle.md` follows one connection and one message through all of it.
 
 pub mod buffer;
+pub mod chat;
 pub mod config;
 pub mod conn;
 pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod server;
+pub mod store;
 pub mod timer;
 pub mod ws;

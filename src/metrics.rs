@@ -26,11 +26,15 @@ pub enum CloseReason {
     HttpDone,
     /// The server is shutting down (1001).
     Shutdown,
+    /// Not authenticated within the auth timeout (1008).
+    AuthTimeout,
+    /// Closed for abuse, such as going on past the rate limit (1008).
+    Policy,
 }
 
 impl CloseReason {
     /// Every reason, in the order of the metric's lines.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::Normal,
         CloseReason::PeerGone,
         CloseReason::IoError,
@@ -41,6 +45,8 @@ impl CloseReason {
         CloseReason::CloseTimeout,
         CloseReason::HttpDone,
         CloseReason::Shutdown,
+        CloseReason::AuthTimeout,
+        CloseReason::Policy,
     ];
 
     /// The label value.
@@ -56,6 +62,8 @@ impl CloseReason {
             CloseReason::CloseTimeout => "close_timeout",
             CloseReason::HttpDone => "http_done",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::AuthTimeout => "auth_timeout",
+            CloseReason::Policy => "policy",
         }
     }
 

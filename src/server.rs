@@ -16,25 +16,30 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::config::Config;
+use crate::chat::hasher::Cost;
+use crate::chat::{Effect, Service, Settings};
+use crate::config::{Config, Registration};
 use crate::conn::{Conn, Cx, Pumped, Route, Step};
 use crate::http::{handshake, Request, Response};
 use crate::metrics::{CloseReason, Gauges, Metrics};
 use crate::net::{self, Accept};
+use crate::store::Store;
 use crate::timer::{TimerKey, Timers};
 use crate::ws::{CloseCode, Opcode};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
 
 /// Descriptors kept back from the connection cap for the server's own files.
 const RESERVED_FDS: u64 = 64;
@@ -58,6 +63,9 @@ pub struct Server {
     timers: Timers,
     cfg: Config,
     metrics: Metrics,
+    service: Service,
+    /// Effects returned by the service, applied in order.
+    effects: Vec<Effect>,
     max_connections: usize,
     /// The listener may have connections waiting (the last accept did not say WouldBlock).
     accept_ready: bool,
@@ -106,6 +114,11 @@ impl Server {
         if cfg.echo {
             info!("/echo enabled");
         }
+        let store = Store::open(&cfg.data_dir)
+            .map_err(|e| io::Error::other(format!("{}: {e}", cfg.data_dir.display())))?;
+        info!("data in {}", cfg.data_dir.display());
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let service = Service::new(store, settings(&cfg), waker);
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -115,6 +128,8 @@ impl Server {
             timers: Timers::default(),
             cfg,
             metrics: Metrics::default(),
+            service,
+            effects: Vec::new(),
             max_connections,
             accept_ready: true,
             accept_paused: false,
@@ -155,6 +170,10 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
                     SIGNALS => self.on_signals(now),
+                    WAKER => {
+                        self.service.collect_password_work(now);
+                        self.apply_effects(now);
+                    }
                     Token(key) => {
                         if let Some(conn) = self.conns.get_mut(key) {
                             // Closed or errored sockets report readable: the read tells which.
@@ -291,26 +310,72 @@ impl Server {
     /// Applies the messages one connection sent.
     fn dispatch(&mut self, key: usize, now: Instant) {
         let mut inbox = std::mem::take(&mut self.inbox);
+        let route = self.conns.get(key).and_then(Conn::route);
+        match route {
+            Some(Route::Echo) => {
+                let mut cx = Cx {
+                    cfg: &self.cfg,
+                    metrics: &mut self.metrics,
+                    now,
+                };
+                let conn = &mut self.conns[key];
+                for (opcode, data) in inbox.drain(..) {
+                    conn.send(opcode, &data, &mut cx);
+                }
+            }
+            Some(Route::Chat) => {
+                for (opcode, data) in inbox.drain(..) {
+                    self.service.message(key, opcode, data, now);
+                }
+                self.apply_effects(now);
+            }
+            None => inbox.clear(),
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.after_dispatch(&mut Cx {
+                cfg: &self.cfg,
+                metrics: &mut self.metrics,
+                now,
+            });
+        }
+        self.inbox = inbox;
+    }
+
+    /// Carries out what the service asked for, in order.
+    fn apply_effects(&mut self, now: Instant) {
+        self.service.drain_effects(&mut self.effects);
         let Server {
             conns,
             cfg,
             metrics,
+            touched,
+            effects,
             ..
         } = self;
-        if let Some(conn) = conns.get_mut(key) {
-            let mut cx = Cx { cfg, metrics, now };
-            for (opcode, data) in inbox.drain(..) {
-                match conn.route() {
-                    Some(Route::Echo) => {
-                        conn.send(opcode, &data, &mut cx);
+        let mut cx = Cx { cfg, metrics, now };
+        for effect in effects.drain(..) {
+            let key = match effect {
+                Effect::Send(key, ref frame) => {
+                    if let Some(conn) = conns.get_mut(key) {
+                        conn.send_shared(frame, &mut cx);
                     }
-                    None => break,
+                    key
                 }
-            }
-            conn.after_dispatch(&mut cx);
+                Effect::Close(key, code, reason) => {
+                    if let Some(conn) = conns.get_mut(key) {
+                        conn.advance(Step::Close(code, reason), &mut cx);
+                    }
+                    key
+                }
+                Effect::Authenticated(key, yes) => {
+                    if let Some(conn) = conns.get_mut(key) {
+                        conn.set_auth_deadline((!yes).then(|| now + cx.cfg.auth_timeout));
+                    }
+                    key
+                }
+            };
+            touch(conns, touched, key);
         }
-        inbox.clear();
-        self.inbox = inbox;
     }
 
     /// Answers a request head: an upgrade on a known WebSocket path, or a plain HTTP route.
@@ -318,6 +383,7 @@ impl Server {
         let head_only = req.method == "HEAD";
         let answer = if handshake::is_upgrade(&req) {
             let route = match req.path.as_str() {
+                "/ws" => Some(Route::Chat),
                 "/echo" if self.cfg.echo => Some(Route::Echo),
                 _ => None,
             };
@@ -342,7 +408,13 @@ impl Server {
         };
         let mut cx = Cx { cfg, metrics, now };
         match answer {
-            Ok((bytes, route)) => conn.upgrade(bytes, route, &mut cx),
+            Ok((bytes, route)) => {
+                conn.upgrade(bytes, route, &mut cx);
+                if route == Route::Chat {
+                    conn.set_auth_deadline(Some(now + cx.cfg.auth_timeout));
+                    self.service.open(key, conn.peer.ip(), now);
+                }
+            }
             Err(response) => {
                 debug!(
                     "{}: {} {} -> {}",
@@ -459,6 +531,17 @@ impl Server {
 
     /// Flushes, reaps and reschedules every connection touched in this iteration.
     fn finish_iteration(&mut self, now: Instant) {
+        // Chat connections that left the open phase leave the service first; what that says to
+        // others (presence) is queued before the flush below.
+        let mut i = 0;
+        while i < self.touched.len() {
+            let key = self.touched[i];
+            if self.service.has(key) && !self.conns.get(key).is_some_and(Conn::is_open) {
+                self.service.close(key);
+                self.apply_effects(now);
+            }
+            i += 1;
+        }
         let mut touched = std::mem::take(&mut self.touched);
         for key in touched.drain(..) {
             let mut cx = Cx {
@@ -497,6 +580,9 @@ impl Server {
     }
 
     fn reap(&mut self, key: usize) {
+        if self.service.has(key) {
+            self.service.close(key);
+        }
         let mut conn = self.conns.remove(key);
         if let Some(at) = conn.timer_at {
             self.timers.cancel(at, TimerKey::Conn(key));
@@ -505,6 +591,25 @@ impl Server {
         if let Some(reason) = conn.close_reason() {
             self.metrics.closed(reason);
         }
+    }
+}
+
+/// The chat service's settings from the configuration.
+fn settings(cfg: &Config) -> Settings {
+    Settings {
+        registration_open: cfg.registration == Registration::Open,
+        admins: cfg.admins.iter().cloned().collect(),
+        jwt_secret: cfg.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        session_ttl: cfg.session_ttl,
+        command_rate: cfg.command_rate,
+        command_burst: cfg.command_burst,
+        rate_strikes: cfg.rate_strikes,
+        login_rate: cfg.login_rate / 60.0,
+        login_burst: cfg.login_burst,
+        argon2: Cost {
+            memory_kib: cfg.argon2_memory_kib,
+            iterations: cfg.argon2_iterations,
+        },
     }
 }
 

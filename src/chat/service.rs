@@ -1,0 +1,891 @@
+//! The chat service: commands in, effects out.
+//!
+//! The service never touches a socket or a connection. The loop hands it each text message of
+//! a `/ws` connection (by slab key) and gets back [`Effect`]s as values: frames to queue on
+//! connections, closes, changes of authentication. A reply or event for many connections is
+//! encoded once and shared.
+//!
+//! Password work goes to the [`Hasher`] thread. While a connection waits for it, its later
+//! requests are held, so that replies keep the order of requests.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+use serde_json::{json, Value};
+
+use super::auth;
+use super::hasher::{Cost, Done, Hasher, Outcome, Work};
+use super::names::{valid_name, valid_password};
+use super::permissions::{self, Action, Actor, Denied};
+use super::protocol::{self, Command, ErrorCode, Failure, Request};
+use super::ratelimit::Bucket;
+use crate::metrics::CloseReason;
+use crate::store::{Group, Role, Store, StoreError, User};
+use crate::ws::{frame, CloseCode, Opcode};
+
+/// A connection, by its slab key.
+pub type ConnId = usize;
+
+/// Requests a connection may have waiting behind a password check; more are refused with
+/// `rate_limited`.
+const MAX_HELD: usize = 64;
+
+/// What the loop should do as a result of a message.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Queue this encoded text frame on this connection.
+    Send(ConnId, Rc<[u8]>),
+    /// Close this connection with a close frame.
+    Close(ConnId, CloseCode, CloseReason),
+    /// The connection is now authenticated (`true`: stop its auth timeout) or no longer
+    /// (`false`: start it again).
+    Authenticated(ConnId, bool),
+}
+
+/// The service's settings, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Whether `register` is allowed.
+    pub registration_open: bool,
+    /// Server admins by name.
+    pub admins: HashSet<String>,
+    /// Secret for HS256 JWTs; `None` disables them.
+    pub jwt_secret: Option<Vec<u8>>,
+    /// Lifetime of session tokens.
+    pub session_ttl: Duration,
+    /// Commands per second per connection, sustained.
+    pub command_rate: f64,
+    /// Commands per connection in a burst.
+    pub command_burst: f64,
+    /// Refused commands in a row after which the connection is closed with 1008.
+    pub rate_strikes: u32,
+    /// `register`/`login` per second per remote address, sustained.
+    pub login_rate: f64,
+    /// `register`/`login` per remote address in a burst.
+    pub login_burst: f64,
+    /// Argon2id cost.
+    pub argon2: Cost,
+}
+
+/// Who a connection is logged in as.
+#[derive(Debug, Clone)]
+struct Identity {
+    user: User,
+    /// The session token's hash, when authenticated by a session (not a JWT); `logout`
+    /// revokes it.
+    token_hash: Option<[u8; 32]>,
+}
+
+/// The service's state for one `/ws` connection.
+#[derive(Debug)]
+struct Session {
+    ip: IpAddr,
+    identity: Option<Identity>,
+    bucket: Bucket,
+    strikes: u32,
+    /// A password job is out for this connection.
+    busy: Option<u64>,
+    /// Requests that arrived while busy.
+    held: VecDeque<Vec<u8>>,
+}
+
+/// What a password job was for.
+#[derive(Debug)]
+enum Waiting {
+    Register { name: String },
+    Login { user: Option<User> },
+}
+
+#[derive(Debug)]
+struct Pending {
+    conn: ConnId,
+    id: Option<Value>,
+    waiting: Waiting,
+}
+
+/// The chat service.
+pub struct Service {
+    store: Store,
+    hasher: Hasher,
+    settings: Settings,
+    sessions: HashMap<ConnId, Session>,
+    /// Authenticated connections by user name: who is online, and where to deliver.
+    online: HashMap<String, Vec<ConnId>>,
+    login_buckets: HashMap<IpAddr, Bucket>,
+    pending: HashMap<u64, Pending>,
+    next_ticket: u64,
+    out: Vec<Effect>,
+    done: Vec<Done>,
+}
+
+type Reply = Result<Value, Failure>;
+
+fn fail<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure::new(code, message))
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        match e {
+            StoreError::Conflict => Failure::new(ErrorCode::Conflict, "already exists"),
+            StoreError::Unavailable(detail) => {
+                warn!("store: {detail}");
+                Failure::new(ErrorCode::Unavailable, "storage is unavailable, try again")
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Encodes a JSON text as a server text frame, once, for any number of connections.
+fn text_frame(json: &str) -> Rc<[u8]> {
+    frame::encode(Opcode::Text, true, json.as_bytes(), None).into()
+}
+
+impl Service {
+    /// A service over an open store; password results wake the loop through `waker`.
+    pub fn new(store: Store, settings: Settings, waker: Arc<mio::Waker>) -> Service {
+        if let Ok(n) = store.purge_sessions(now_ms()) {
+            if n > 0 {
+                info!("removed {n} expired sessions");
+            }
+        }
+        Service {
+            store,
+            hasher: Hasher::new(settings.argon2, waker),
+            settings,
+            sessions: HashMap::new(),
+            online: HashMap::new(),
+            login_buckets: HashMap::new(),
+            pending: HashMap::new(),
+            next_ticket: 1,
+            out: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Takes the effects produced so far.
+    pub fn drain_effects(&mut self, into: &mut Vec<Effect>) {
+        into.append(&mut self.out);
+    }
+
+    /// Whether a connection is known to the service.
+    pub fn has(&self, conn: ConnId) -> bool {
+        self.sessions.contains_key(&conn)
+    }
+
+    /// Number of users with at least one authenticated connection.
+    pub fn users_online(&self) -> usize {
+        self.online.len()
+    }
+
+    /// A `/ws` connection opened.
+    pub fn open(&mut self, conn: ConnId, ip: IpAddr, now: Instant) {
+        self.sessions.insert(
+            conn,
+            Session {
+                ip,
+                identity: None,
+                bucket: Bucket::new(self.settings.command_burst, now),
+                strikes: 0,
+                busy: None,
+                held: VecDeque::new(),
+            },
+        );
+    }
+
+    /// A `/ws` connection left the open phase.
+    pub fn close(&mut self, conn: ConnId) {
+        if let Some(session) = self.sessions.remove(&conn) {
+            if let Some(identity) = session.identity {
+                self.set_offline(conn, &identity.user.name);
+            }
+        }
+    }
+
+    /// A message from a `/ws` connection.
+    pub fn message(&mut self, conn: ConnId, opcode: Opcode, data: Vec<u8>, now: Instant) {
+        let settings = &self.settings;
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if !session
+            .bucket
+            .take(settings.command_rate, settings.command_burst, now)
+        {
+            session.strikes += 1;
+            if session.strikes > settings.rate_strikes {
+                debug!(
+                    "conn {conn}: rate limit exceeded {} times, closing",
+                    session.strikes
+                );
+                self.out
+                    .push(Effect::Close(conn, CloseCode::POLICY, CloseReason::Policy));
+                return;
+            }
+            let id = protocol::parse(&data).map_or_else(|(id, _)| id, |r| r.id);
+            self.reply(
+                conn,
+                &id,
+                fail(ErrorCode::RateLimited, "too many requests, slow down"),
+            );
+            return;
+        }
+        session.strikes = 0;
+        if opcode == Opcode::Binary {
+            self.reply(
+                conn,
+                &None,
+                fail(
+                    ErrorCode::BadRequest,
+                    "binary frames carry file uploads only",
+                ),
+            );
+            return;
+        }
+        if session.busy.is_some() {
+            if session.held.len() >= MAX_HELD {
+                let id = protocol::parse(&data).map_or_else(|(id, _)| id, |r| r.id);
+                self.reply(
+                    conn,
+                    &id,
+                    fail(ErrorCode::RateLimited, "too many requests waiting"),
+                );
+            } else {
+                session.held.push_back(data);
+            }
+            return;
+        }
+        self.handle(conn, &data, now);
+    }
+
+    /// The password worker has results: finish the requests that waited for them.
+    pub fn collect_password_work(&mut self, now: Instant) {
+        let mut done = std::mem::take(&mut self.done);
+        self.hasher.collect(&mut done);
+        for d in done.drain(..) {
+            self.finish_job(d, now);
+        }
+        self.done = done;
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Dispatch
+    // ------------------------------------------------------------------------------------
+
+    fn handle(&mut self, conn: ConnId, data: &[u8], now: Instant) {
+        let req = match protocol::parse(data) {
+            Ok(req) => req,
+            Err((id, failure)) => {
+                self.reply(conn, &id, Err(failure));
+                return;
+            }
+        };
+        let Request { id, command } = req;
+        let identity = self.sessions.get(&conn).and_then(|s| s.identity.clone());
+        let result = match (command, identity) {
+            (Command::Register { user, password }, _) => {
+                self.register(conn, &id, user, password, now)
+            }
+            (Command::Login { .. } | Command::Auth { .. }, Some(_)) => {
+                fail(ErrorCode::Conflict, "already authenticated; logout first")
+            }
+            (
+                Command::Login {
+                    user,
+                    password,
+                    since,
+                },
+                None,
+            ) => self.login(conn, &id, user, password, since, now),
+            (Command::Auth { token, since }, None) => self.auth(conn, &token, since),
+            (_, None) => fail(
+                ErrorCode::Unauthenticated,
+                "authenticate first (login or auth)",
+            ),
+            (command, Some(me)) => self.authenticated(conn, &me, command),
+        };
+        // `None`: the reply comes later, from the password worker.
+        if let Some(result) = result.transpose() {
+            self.reply(conn, &id, result);
+        }
+    }
+
+    fn authenticated(
+        &mut self,
+        conn: ConnId,
+        me: &Identity,
+        command: Command,
+    ) -> Result<Option<Value>, Failure> {
+        let reply = match command {
+            Command::Logout => self.logout(conn, me),
+            Command::Whoami => Ok(json!({
+                "user": me.user.name,
+                "groups": self.store.groups_of(me.user.id)?,
+            })),
+            Command::GroupCreate { group, private } => self.group_create(me, &group, private),
+            Command::GroupJoin { group } => self.group_join(me, &group),
+            Command::GroupLeave { group } => self.group_leave(me, &group),
+            Command::GroupInvite { group, user } => self.group_invite(me, &group, &user),
+            Command::GroupKick { group, user, ban } => self.group_kick(me, &group, &user, ban),
+            Command::GroupRole { group, user, role } => self.group_role(me, &group, &user, &role),
+            Command::GroupDelete { group } => self.group_delete(me, &group),
+            Command::GroupMembers { group } => self.group_members(me, &group),
+            Command::GroupList => self.group_list(me),
+            Command::Register { .. } | Command::Login { .. } | Command::Auth { .. } => {
+                unreachable!("handled before authentication")
+            }
+        };
+        reply.map(Some)
+    }
+
+    fn reply(&mut self, conn: ConnId, id: &Option<Value>, result: Reply) {
+        let text = match result {
+            Ok(fields) => protocol::ok(id, fields),
+            Err(failure) => protocol::error(id, &failure),
+        };
+        self.out.push(Effect::Send(conn, text_frame(&text)));
+    }
+
+    /// Sends one event to several connections, encoded once.
+    fn broadcast(&mut self, conns: impl IntoIterator<Item = ConnId>, text: &str) {
+        let frame = text_frame(text);
+        for conn in conns {
+            self.out.push(Effect::Send(conn, frame.clone()));
+        }
+    }
+
+    fn sessions_of(&self, user: &str) -> Vec<ConnId> {
+        self.online.get(user).cloned().unwrap_or_default()
+    }
+
+    fn sessions_of_members(&self, members: &[(String, Role)]) -> Vec<ConnId> {
+        members
+            .iter()
+            .flat_map(|(name, _)| self.online.get(name).into_iter().flatten().copied())
+            .collect()
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Accounts
+    // ------------------------------------------------------------------------------------
+
+    fn login_allowed(&mut self, conn: ConnId, now: Instant) -> bool {
+        let Some(ip) = self.sessions.get(&conn).map(|s| s.ip) else {
+            return false;
+        };
+        let (rate, burst) = (self.settings.login_rate, self.settings.login_burst);
+        if self.login_buckets.len() > 100_000 {
+            // Forget addresses whose buckets have refilled, so the map stays bounded.
+            self.login_buckets
+                .retain(|_, b| !b.is_full(rate, burst, now));
+        }
+        self.login_buckets
+            .entry(ip)
+            .or_insert_with(|| Bucket::new(burst, now))
+            .take(rate, burst, now)
+    }
+
+    fn submit(
+        &mut self,
+        conn: ConnId,
+        id: &Option<Value>,
+        work: Work,
+        waiting: Waiting,
+    ) -> Result<Option<Value>, Failure> {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        if !self.hasher.submit(ticket, work) {
+            return fail(ErrorCode::Internal, "password worker unavailable");
+        }
+        self.pending.insert(
+            ticket,
+            Pending {
+                conn,
+                id: id.clone(),
+                waiting,
+            },
+        );
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.busy = Some(ticket);
+        }
+        Ok(None)
+    }
+
+    fn register(
+        &mut self,
+        conn: ConnId,
+        id: &Option<Value>,
+        user: String,
+        password: String,
+        now: Instant,
+    ) -> Result<Option<Value>, Failure> {
+        if !self.settings.registration_open {
+            return fail(
+                ErrorCode::Forbidden,
+                "registration is closed on this server",
+            );
+        }
+        if !valid_name(&user) {
+            return fail(
+                ErrorCode::BadRequest,
+                "user names are 1-32 characters of a-z 0-9 _ . -",
+            );
+        }
+        if !valid_password(&password) {
+            return fail(ErrorCode::BadRequest, "passwords are 8-1024 bytes");
+        }
+        if !self.login_allowed(conn, now) {
+            return fail(
+                ErrorCode::RateLimited,
+                "too many attempts from this address, wait",
+            );
+        }
+        if self.store.user(&user)?.is_some() {
+            return fail(ErrorCode::Conflict, "user name taken");
+        }
+        self.submit(
+            conn,
+            id,
+            Work::Hash(password),
+            Waiting::Register { name: user },
+        )
+    }
+
+    fn login(
+        &mut self,
+        conn: ConnId,
+        id: &Option<Value>,
+        user: String,
+        password: String,
+        since: Option<i64>,
+        now: Instant,
+    ) -> Result<Option<Value>, Failure> {
+        let _ = since; // replay comes with messaging
+        if !valid_name(&user) || password.len() > super::names::MAX_PASSWORD {
+            return fail(ErrorCode::Unauthenticated, "unknown user or wrong password");
+        }
+        if !self.login_allowed(conn, now) {
+            return fail(
+                ErrorCode::RateLimited,
+                "too many attempts from this address, wait",
+            );
+        }
+        let found = self.store.user(&user)?;
+        let stored = found.as_ref().and_then(|u| u.password.clone());
+        self.submit(
+            conn,
+            id,
+            Work::Verify(password, stored),
+            Waiting::Login { user: found },
+        )
+    }
+
+    fn finish_job(&mut self, done: Done, now: Instant) {
+        let Some(Pending { conn, id, waiting }) = self.pending.remove(&done.ticket) else {
+            return;
+        };
+        // The connection may have closed (and its slot been reused) meanwhile.
+        match self.sessions.get_mut(&conn) {
+            Some(s) if s.busy == Some(done.ticket) => s.busy = None,
+            _ => return,
+        }
+        let result = match (waiting, done.outcome) {
+            (Waiting::Register { name }, Outcome::Hashed(hash)) => {
+                match self.store.create_user(&name, Some(&hash), now_ms()) {
+                    Ok(_) => {
+                        info!("registered user {name}");
+                        Ok(json!({ "user": name }))
+                    }
+                    Err(StoreError::Conflict) => fail(ErrorCode::Conflict, "user name taken"),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            (Waiting::Login { user: Some(user) }, Outcome::Verified(true)) => {
+                self.start_session(conn, user)
+            }
+            (Waiting::Login { .. }, Outcome::Verified(_)) => {
+                fail(ErrorCode::Unauthenticated, "unknown user or wrong password")
+            }
+            _ => fail(ErrorCode::Internal, "password hashing failed"),
+        };
+        self.reply(conn, &id, result);
+        // Requests that waited behind this one, in order, until one waits again.
+        while let Some(s) = self.sessions.get_mut(&conn) {
+            if s.busy.is_some() {
+                break;
+            }
+            let Some(next) = s.held.pop_front() else {
+                break;
+            };
+            self.handle(conn, &next, now);
+        }
+    }
+
+    fn start_session(&mut self, conn: ConnId, user: User) -> Reply {
+        let (token, hash) = auth::new_session_token()
+            .map_err(|_| Failure::new(ErrorCode::Internal, "no randomness for a token"))?;
+        let expires = now_ms() + self.settings.session_ttl.as_millis() as i64;
+        self.store.create_session(&hash, user.id, expires)?;
+        let name = user.name.clone();
+        self.set_identity(
+            conn,
+            Identity {
+                user,
+                token_hash: Some(hash),
+            },
+        );
+        Ok(json!({ "user": name, "token": token, "expires": expires }))
+    }
+
+    fn auth(
+        &mut self,
+        conn: ConnId,
+        token: &str,
+        since: Option<i64>,
+    ) -> Result<Option<Value>, Failure> {
+        let _ = since; // replay comes with messaging
+        let refused = || Failure::new(ErrorCode::Unauthenticated, "invalid or expired token");
+        let identity = match (&self.settings.jwt_secret, auth::looks_like_jwt(token)) {
+            (Some(secret), true) => {
+                let name = auth::verify_jwt(token, secret, now_ms()).map_err(|e| {
+                    debug!("conn {conn}: JWT refused: {e:?}");
+                    refused()
+                })?;
+                let user = match self.store.user(&name)? {
+                    Some(user) => user,
+                    None => {
+                        // A JWT user unknown here is created on first use, without a password.
+                        let id = match self.store.create_user(&name, None, now_ms()) {
+                            Ok(id) => id,
+                            Err(StoreError::Conflict) => {
+                                self.store.user(&name)?.ok_or_else(refused)?.id
+                            }
+                            Err(e) => return Err(e.into()),
+                        };
+                        info!("created user {name} from a JWT");
+                        User {
+                            id,
+                            name,
+                            password: None,
+                        }
+                    }
+                };
+                Identity {
+                    user,
+                    token_hash: None,
+                }
+            }
+            _ => {
+                let hash = auth::token_hash(token);
+                let user = self
+                    .store
+                    .session_user(&hash, now_ms())?
+                    .ok_or_else(refused)?;
+                Identity {
+                    user,
+                    token_hash: Some(hash),
+                }
+            }
+        };
+        let name = identity.user.name.clone();
+        self.set_identity(conn, identity);
+        Ok(Some(json!({ "user": name })))
+    }
+
+    fn logout(&mut self, conn: ConnId, me: &Identity) -> Reply {
+        if let Some(hash) = &me.token_hash {
+            self.store.delete_session(hash)?;
+        }
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.identity = None;
+        }
+        self.set_offline(conn, &me.user.name);
+        self.out.push(Effect::Authenticated(conn, false));
+        Ok(json!({}))
+    }
+
+    fn set_identity(&mut self, conn: ConnId, identity: Identity) {
+        let name = identity.user.name.clone();
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.identity = Some(identity);
+        }
+        self.online.entry(name).or_default().push(conn);
+        self.out.push(Effect::Authenticated(conn, true));
+    }
+
+    fn set_offline(&mut self, conn: ConnId, name: &str) {
+        if let Some(conns) = self.online.get_mut(name) {
+            conns.retain(|&c| c != conn);
+            if conns.is_empty() {
+                self.online.remove(name);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Groups
+    // ------------------------------------------------------------------------------------
+
+    fn find_group(&self, name: &str) -> Result<Group, Failure> {
+        if !valid_name(name) {
+            return fail(
+                ErrorCode::BadRequest,
+                "group names are 1-32 characters of a-z 0-9 _ . -",
+            );
+        }
+        self.store
+            .group(name)?
+            .ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no group {name}")))
+    }
+
+    fn find_user(&self, name: &str) -> Result<User, Failure> {
+        if !valid_name(name) {
+            return fail(
+                ErrorCode::BadRequest,
+                "user names are 1-32 characters of a-z 0-9 _ . -",
+            );
+        }
+        self.store
+            .user(name)?
+            .ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no user {name}")))
+    }
+
+    fn actor(&self, me: &Identity, group: &Group) -> Result<Actor, Failure> {
+        Ok(Actor {
+            role: self.store.role(group.id, me.user.id)?,
+            server_admin: self.settings.admins.contains(&me.user.name),
+        })
+    }
+
+    fn allow(actor: Actor, action: Action) -> Result<(), Failure> {
+        permissions::check(actor, action).map_err(|d| match d {
+            Denied::Forbidden(why) => Failure::new(ErrorCode::Forbidden, why),
+            Denied::Conflict(why) => Failure::new(ErrorCode::Conflict, why),
+        })
+    }
+
+    /// The target's role, or `not_found` when not a member.
+    fn member_role(&self, group: &Group, user: &User) -> Result<Role, Failure> {
+        self.store.role(group.id, user.id)?.ok_or_else(|| {
+            Failure::new(
+                ErrorCode::NotFound,
+                format!("{} is not a member of {}", user.name, group.name),
+            )
+        })
+    }
+
+    fn group_create(&mut self, me: &Identity, name: &str, private: bool) -> Reply {
+        if !valid_name(name) {
+            return fail(
+                ErrorCode::BadRequest,
+                "group names are 1-32 characters of a-z 0-9 _ . -",
+            );
+        }
+        match self.store.create_group(name, private, me.user.id, now_ms()) {
+            Ok(_) => Ok(json!({ "group": name })),
+            Err(StoreError::Conflict) => fail(ErrorCode::Conflict, format!("group {name} exists")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn group_join(&mut self, me: &Identity, name: &str) -> Reply {
+        let group = self.find_group(name)?;
+        let actor = self.actor(me, &group)?;
+        let action = Action::Join {
+            private: group.private,
+            banned: self.store.is_banned(group.id, me.user.id)?,
+            invited: self.store.is_invited(group.id, me.user.id)?,
+        };
+        Self::allow(actor, action)?;
+        self.store.set_role(group.id, me.user.id, Role::Member)?;
+        self.announce_membership(&group, "group.joined", &me.user.name, None)?;
+        Ok(json!({}))
+    }
+
+    fn group_leave(&mut self, me: &Identity, name: &str) -> Reply {
+        let group = self.find_group(name)?;
+        let actor = self.actor(me, &group)?;
+        Self::allow(actor, Action::Leave)?;
+        self.store.remove_member(group.id, me.user.id, false)?;
+        self.announce_membership(&group, "group.left", &me.user.name, None)?;
+        Ok(json!({}))
+    }
+
+    /// `group.joined` / `group.left`: to the group's members and every session of the user
+    /// concerned (who, after leaving, is no longer a member).
+    fn announce_membership(
+        &mut self,
+        group: &Group,
+        kind: &str,
+        user: &str,
+        by: Option<&str>,
+    ) -> Result<(), Failure> {
+        let members = self.store.members(group.id)?;
+        let mut conns = self.sessions_of_members(&members);
+        if !members.iter().any(|(n, _)| n == user) {
+            conns.extend(self.sessions_of(user));
+        }
+        let mut fields = json!({ "group": group.name, "user": user });
+        if let Some(by) = by {
+            fields["by"] = json!(by);
+        }
+        self.broadcast(conns, &protocol::event(kind, fields));
+        Ok(())
+    }
+
+    fn group_invite(&mut self, me: &Identity, name: &str, user: &str) -> Reply {
+        let group = self.find_group(name)?;
+        let actor = self.actor(me, &group)?;
+        Self::allow(actor, Action::Invite)?;
+        let target = self.find_user(user)?;
+        if self.store.role(group.id, target.id)?.is_some() {
+            return fail(ErrorCode::Conflict, format!("{user} is already a member"));
+        }
+        self.store.invite(group.id, target.id)?;
+        let event = protocol::event(
+            "group.invited",
+            json!({ "group": group.name, "by": me.user.name }),
+        );
+        self.broadcast(self.sessions_of(&target.name), &event);
+        Ok(json!({}))
+    }
+
+    fn group_kick(&mut self, me: &Identity, name: &str, user: &str, ban: bool) -> Reply {
+        let group = self.find_group(name)?;
+        let actor = self.actor(me, &group)?;
+        let target = self.find_user(user)?;
+        let target_role = self.member_role(&group, &target)?;
+        Self::allow(
+            actor,
+            Action::Kick {
+                target: target_role,
+                is_self: target.id == me.user.id,
+            },
+        )?;
+        self.store.remove_member(group.id, target.id, ban)?;
+        let event = protocol::event(
+            "group.kicked",
+            json!({ "group": group.name, "by": me.user.name }),
+        );
+        self.broadcast(self.sessions_of(&target.name), &event);
+        // The remaining members see the member leave.
+        let members = self.store.members(group.id)?;
+        let left = protocol::event(
+            "group.left",
+            json!({ "group": group.name, "user": target.name, "by": me.user.name }),
+        );
+        self.broadcast(self.sessions_of_members(&members), &left);
+        Ok(json!({}))
+    }
+
+    fn group_role(&mut self, me: &Identity, name: &str, user: &str, role: &str) -> Reply {
+        let Some(new) = Role::parse(role) else {
+            return fail(ErrorCode::BadRequest, "role is member, admin or owner");
+        };
+        let group = self.find_group(name)?;
+        let actor = self.actor(me, &group)?;
+        let target = self.find_user(user)?;
+        let current = self.member_role(&group, &target)?;
+        Self::allow(
+            actor,
+            Action::SetRole {
+                target: current,
+                new,
+                is_self: target.id == me.user.id,
+            },
+        )?;
+        let mut changes = vec![(target.name.clone(), new)];
+        if new == Role::Owner && current != Role::Owner {
+            let members = self.store.members(group.id)?;
+            let owner = members
+                .iter()
+                .find(|(_, r)| *r == Role::Owner)
+                .map(|(n, _)| n.clone());
+            let owner = match owner {
+                Some(n) => self.find_user(&n)?,
+                None => return fail(ErrorCode::Internal, "group has no owner"),
+            };
+            self.store
+                .transfer_ownership(group.id, owner.id, target.id)?;
+            changes.push((owner.name, Role::Admin));
+        } else if new != current {
+            self.store.set_role(group.id, target.id, new)?;
+        }
+        let members = self.store.members(group.id)?;
+        let conns = self.sessions_of_members(&members);
+        for (user, role) in changes {
+            let event = protocol::event(
+                "group.role",
+                json!({ "group": group.name, "user": user, "role": role.as_str() }),
+            );
+            self.broadcast(conns.clone(), &event);
+        }
+        Ok(json!({}))
+    }
+
+    fn group_delete(&mut self, me: &Identity, name: &str) -> Reply {
+        let group = self.find_group(name)?;
+        let actor = self.actor(me, &group)?;
+        Self::allow(actor, Action::Delete)?;
+        let members = self.store.members(group.id)?;
+        self.store.delete_group(group.id)?;
+        let event = protocol::event(
+            "group.deleted",
+            json!({ "group": group.name, "by": me.user.name }),
+        );
+        self.broadcast(self.sessions_of_members(&members), &event);
+        Ok(json!({}))
+    }
+
+    fn group_members(&mut self, me: &Identity, name: &str) -> Reply {
+        let group = self.find_group(name)?;
+        let actor = self.actor(me, &group)?;
+        Self::allow(
+            actor,
+            Action::Members {
+                private: group.private,
+            },
+        )?;
+        let members: Vec<Value> = self
+            .store
+            .members(group.id)?
+            .into_iter()
+            .map(|(user, role)| {
+                let online = self.online.contains_key(&user);
+                json!({ "user": user, "role": role.as_str(), "online": online })
+            })
+            .collect();
+        Ok(json!({ "members": members }))
+    }
+
+    fn group_list(&mut self, me: &Identity) -> Reply {
+        let groups: Vec<Value> = self
+            .store
+            .list_groups(me.user.id)?
+            .into_iter()
+            .map(|g| {
+                let mut v = json!({
+                    "group": g.group.name,
+                    "private": g.group.private,
+                    "members": g.members,
+                });
+                if let Some(role) = g.role {
+                    v["role"] = json!(role.as_str());
+                }
+                v
+            })
+            .collect();
+        Ok(json!({ "groups": groups }))
+    }
+}

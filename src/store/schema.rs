@@ -1,0 +1,69 @@
+//! The database schema, versioned with `PRAGMA user_version` and migrated at start.
+//!
+//! Each entry of [`MIGRATIONS`] moves the schema from version `i` to `i + 1`. A database newer
+//! than this binary is refused rather than guessed at.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: accounts, sessions, groups and memberships.
+    "CREATE TABLE users (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        password    TEXT,              -- Argon2id PHC string; NULL for users created by a JWT
+        created_ms  INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_hash  BLOB PRIMARY KEY,  -- SHA-256 of the token; the token itself is never stored
+        user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        expires_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_by_expiry ON sessions(expires_ms);
+    CREATE TABLE groups (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        private     INTEGER NOT NULL,
+        created_ms  INTEGER NOT NULL
+    );
+    CREATE TABLE members (
+        group_id    INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+        user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        role        TEXT NOT NULL CHECK (role IN ('member', 'admin', 'owner')),
+        PRIMARY KEY (group_id, user_id)
+    );
+    CREATE INDEX members_by_user ON members(user_id);
+    CREATE TABLE bans (
+        group_id    INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+        user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        PRIMARY KEY (group_id, user_id)
+    );
+    CREATE TABLE invites (
+        group_id    INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+        user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        PRIMARY KEY (group_id, user_id)
+    );",
+];
+
+/// Brings the database up to the latest version, one transaction per step.
+///
+/// Each step takes the write lock first and reads the version under it, so two processes
+/// starting on the same file at once do not both apply a step.
+pub fn migrate(db: &mut Connection) -> rusqlite::Result<u32> {
+    let latest = MIGRATIONS.len() as u32;
+    loop {
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > latest {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "database schema version {current} is newer than this chatd understands ({latest})"
+            )));
+        }
+        if current == latest {
+            return Ok(latest);
+        }
+        tx.execute_batch(MIGRATIONS[current as usize])?;
+        tx.pragma_update(None, "user_version", current + 1)?;
+        tx.commit()?;
+    }
+}
