@@ -70,6 +70,29 @@ pub struct Config {
     #[arg(long, env = "CHATD_ARGON2_ITERATIONS", default_value_t = 2)]
     pub argon2_iterations: u32,
 
+    /// What an acknowledged message survives: `normal` (a crash of the process; the OS writes
+    /// the log to disk later) or `full` (a power loss too; every commit waits for the disk).
+    #[arg(long, env = "CHATD_SYNC", default_value = "normal")]
+    pub sync: SyncMode,
+
+    /// Longest message text, in Unicode scalar values; longer: `too_large`.
+    #[arg(long, env = "CHATD_MAX_TEXT_CHARS", default_value_t = 4000)]
+    pub max_text_chars: usize,
+
+    /// Most messages replayed by one recovery (`since` at login/auth, or `sync`); the rest
+    /// are signalled by `complete: false`.
+    #[arg(long, env = "CHATD_RECOVERY_LIMIT", default_value_t = 1000)]
+    pub recovery_limit: usize,
+
+    /// `typing` notices per second one connection may send, sustained; over it:
+    /// `rate_limited`.
+    #[arg(long, env = "CHATD_TYPING_RATE", default_value_t = 2.0)]
+    pub typing_rate: f64,
+
+    /// `typing` notices one connection may send in a burst.
+    #[arg(long, env = "CHATD_TYPING_BURST", default_value_t = 5.0)]
+    pub typing_burst: f64,
+
     /// Serve `/echo`, which echoes every message with its opcode (for conformance tools).
     #[arg(long, env = "CHATD_ECHO")]
     pub echo: bool,
@@ -139,6 +162,15 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+}
+
+/// What "durably stored" means for an acknowledged message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMode {
+    /// Survives a crash of the process (kill -9); the OS flushes the log to disk later.
+    Normal,
+    /// Survives a power loss: every commit waits for the disk.
+    Full,
 }
 
 /// Whether anyone may create an account.

@@ -28,7 +28,7 @@ use slab::Slab;
 
 use crate::chat::hasher::Cost;
 use crate::chat::{Effect, Service, Settings};
-use crate::config::{Config, Registration};
+use crate::config::{Config, Registration, SyncMode};
 use crate::conn::{Conn, Cx, Pumped, Route, Step};
 use crate::http::{handshake, Request, Response};
 use crate::metrics::{CloseReason, Gauges, Metrics};
@@ -115,6 +115,7 @@ impl Server {
             info!("/echo enabled");
         }
         let store = Store::open(&cfg.data_dir)
+            .and_then(|s| s.set_synchronous(cfg.sync == SyncMode::Full).map(|()| s))
             .map_err(|e| io::Error::other(format!("{}: {e}", cfg.data_dir.display())))?;
         info!("data in {}", cfg.data_dir.display());
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -201,6 +202,13 @@ impl Server {
                 let key = self.touched[i];
                 self.service(key, now);
                 i += 1;
+            }
+
+            // The iteration's sends, stored in one transaction; acknowledgements and deliveries
+            // are queued only after it commits.
+            if self.service.has_batch() {
+                self.service.commit(now);
+                self.apply_effects(now);
             }
 
             self.timers.expired(now, &mut fired);
@@ -437,7 +445,11 @@ impl Server {
                 status: 200,
                 headers: vec![("Cache-Control", "no-store".into())],
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: self.metrics.render(&self.gauges()).into_bytes(),
+                body: {
+                    let mut text = self.metrics.render(&self.gauges());
+                    self.service.render_metrics(&mut text);
+                    text.into_bytes()
+                },
             },
             _ => Response::status(404),
         }
@@ -610,6 +622,10 @@ fn settings(cfg: &Config) -> Settings {
             memory_kib: cfg.argon2_memory_kib,
             iterations: cfg.argon2_iterations,
         },
+        max_text_chars: cfg.max_text_chars,
+        recovery_limit: cfg.recovery_limit,
+        typing_rate: cfg.typing_rate,
+        typing_burst: cfg.typing_burst,
     }
 }
 

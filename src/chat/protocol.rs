@@ -109,6 +109,38 @@ pub enum Command {
     /// List public groups and the caller's groups.
     #[serde(rename = "group.list")]
     GroupList,
+    /// Send a message to `@user` or `#group`.
+    #[serde(rename = "send")]
+    Send {
+        /// `@user` or `#group`.
+        to: String,
+        /// The text.
+        text: String,
+        /// The sender's key for deduplication of retries.
+        client_id: Option<String>,
+    },
+    /// Tell a conversation that the user is typing; not stored.
+    #[serde(rename = "typing")]
+    Typing {
+        /// `@user` or `#group`.
+        to: String,
+    },
+    /// A page of a conversation's history.
+    #[serde(rename = "history")]
+    History {
+        /// `@user` or `#group`.
+        with: String,
+        /// Only messages with a smaller msg_id.
+        before: Option<i64>,
+        /// Page size (default 50, at most 100).
+        limit: Option<i64>,
+    },
+    /// Replay what was missed since a msg_id, as at login.
+    #[serde(rename = "sync")]
+    Sync {
+        /// The last msg_id the client has.
+        since: i64,
+    },
 }
 
 /// A parsed request.

@@ -24,7 +24,9 @@ use super::permissions::{self, Action, Actor, Denied};
 use super::protocol::{self, Command, ErrorCode, Failure, Request};
 use super::ratelimit::Bucket;
 use crate::metrics::CloseReason;
-use crate::store::{Group, Role, Store, StoreError, User};
+use crate::store::{
+    Group, GroupId, NewMessage, Role, Store, StoreError, StoredMessage, Target, User, UserId,
+};
 use crate::ws::{frame, CloseCode, Opcode};
 
 /// A connection, by its slab key.
@@ -69,6 +71,14 @@ pub struct Settings {
     pub login_burst: f64,
     /// Argon2id cost.
     pub argon2: Cost,
+    /// Longest text, in Unicode scalar values.
+    pub max_text_chars: usize,
+    /// Most messages one recovery replays.
+    pub recovery_limit: usize,
+    /// `typing` per second per connection, sustained.
+    pub typing_rate: f64,
+    /// `typing` per connection in a burst.
+    pub typing_burst: f64,
 }
 
 /// Who a connection is logged in as.
@@ -87,17 +97,69 @@ struct Session {
     identity: Option<Identity>,
     bucket: Bucket,
     strikes: u32,
+    typing: Bucket,
     /// A password job is out for this connection.
     busy: Option<u64>,
-    /// Requests that arrived while busy.
-    held: VecDeque<Vec<u8>>,
+    /// Messages of this connection in the batch waiting for the next commit.
+    in_batch: usize,
+    /// Requests that arrived while an earlier one waits (for the password worker or a
+    /// commit), already parsed.
+    held: VecDeque<Parsed>,
 }
+
+type Parsed = Result<Request, (Option<Value>, Failure)>;
+
+/// A `send` accepted in this iteration, waiting for the commit.
+#[derive(Debug)]
+struct Accepted {
+    conn: ConnId,
+    id: Option<Value>,
+    from: String,
+    to: String,
+    /// Stored with this batch; `None` for a duplicate that answers with `dup`.
+    message: Option<NewMessage>,
+    /// For a duplicate: the msg_id and ts of the first copy.
+    dup: Option<(i64, i64)>,
+    /// For a duplicate of a message in the same batch: its index there.
+    dup_of: Option<usize>,
+}
+
+/// Counters of the messaging path, rendered into `/metrics`.
+#[derive(Debug, Default)]
+pub struct ChatMetrics {
+    /// Messages stored and acknowledged.
+    pub accepted: u64,
+    /// `message` events queued for delivery (one per recipient connection).
+    pub delivered: u64,
+    /// Sends answered from an earlier copy (repeated `client_id`).
+    pub deduplicated: u64,
+    /// Commits of a batch.
+    pub commits: u64,
+    /// Commits that failed (their senders got `unavailable`).
+    pub commit_failures: u64,
+    /// Messages over all commits (batch size sum).
+    pub batched: u64,
+    /// Largest batch.
+    pub batch_max: u64,
+    /// Commit latency histogram, by the bucket bounds in [`COMMIT_BUCKETS_US`].
+    pub commit_latency: [u64; COMMIT_BUCKETS_US.len() + 1],
+    /// Sum of commit latencies, microseconds.
+    pub commit_latency_sum_us: u64,
+}
+
+/// Upper bounds (microseconds) of the commit latency histogram's buckets.
+pub const COMMIT_BUCKETS_US: [u64; 8] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000];
 
 /// What a password job was for.
 #[derive(Debug)]
 enum Waiting {
-    Register { name: String },
-    Login { user: Option<User> },
+    Register {
+        name: String,
+    },
+    Login {
+        user: Option<User>,
+        since: Option<i64>,
+    },
 }
 
 #[derive(Debug)]
@@ -120,6 +182,16 @@ pub struct Service {
     next_ticket: u64,
     out: Vec<Effect>,
     done: Vec<Done>,
+    /// The next msg_id to give.
+    next_msg_id: i64,
+    /// Sends accepted in this iteration, committed together.
+    batch: Vec<Accepted>,
+    /// Members by group, cached for delivery; dropped when membership changes.
+    members_cache: HashMap<GroupId, Rc<Vec<String>>>,
+    /// Replays to send after a reply: (connection, user, since).
+    replay: Option<(ConnId, UserId, i64)>,
+    /// Messaging counters.
+    pub metrics: ChatMetrics,
 }
 
 type Reply = Result<Value, Failure>;
@@ -160,6 +232,7 @@ impl Service {
                 info!("removed {n} expired sessions");
             }
         }
+        let next_msg_id = store.last_message_id().unwrap_or(0) + 1;
         Service {
             store,
             hasher: Hasher::new(settings.argon2, waker),
@@ -171,6 +244,11 @@ impl Service {
             next_ticket: 1,
             out: Vec::new(),
             done: Vec::new(),
+            next_msg_id,
+            batch: Vec::new(),
+            members_cache: HashMap::new(),
+            replay: None,
+            metrics: ChatMetrics::default(),
         }
     }
 
@@ -197,8 +275,10 @@ impl Service {
                 ip,
                 identity: None,
                 bucket: Bucket::new(self.settings.command_burst, now),
+                typing: Bucket::new(self.settings.typing_burst, now),
                 strikes: 0,
                 busy: None,
+                in_batch: 0,
                 held: VecDeque::new(),
             },
         );
@@ -242,31 +322,40 @@ impl Service {
             return;
         }
         session.strikes = 0;
-        if opcode == Opcode::Binary {
-            self.reply(
-                conn,
-                &None,
-                fail(
+        let parsed: Parsed = if opcode == Opcode::Binary {
+            Err((
+                None,
+                Failure::new(
                     ErrorCode::BadRequest,
                     "binary frames carry file uploads only",
                 ),
-            );
-            return;
-        }
-        if session.busy.is_some() {
+            ))
+        } else {
+            protocol::parse(&data)
+        };
+        // A reply still owed (a password check, or sends waiting for the commit) keeps later
+        // requests waiting, so replies come in request order. Sends may join the batch.
+        let joins_batch = matches!(
+            &parsed,
+            Ok(Request {
+                command: Command::Send { .. },
+                ..
+            })
+        );
+        if session.busy.is_some() || (session.in_batch > 0 && !joins_batch) {
             if session.held.len() >= MAX_HELD {
-                let id = protocol::parse(&data).map_or_else(|(id, _)| id, |r| r.id);
+                let id = parsed.map_or_else(|(id, _)| id, |r| r.id);
                 self.reply(
                     conn,
                     &id,
                     fail(ErrorCode::RateLimited, "too many requests waiting"),
                 );
             } else {
-                session.held.push_back(data);
+                session.held.push_back(parsed);
             }
             return;
         }
-        self.handle(conn, &data, now);
+        self.handle(conn, parsed, now);
     }
 
     /// The password worker has results: finish the requests that waited for them.
@@ -283,8 +372,8 @@ impl Service {
     // Dispatch
     // ------------------------------------------------------------------------------------
 
-    fn handle(&mut self, conn: ConnId, data: &[u8], now: Instant) {
-        let req = match protocol::parse(data) {
+    fn handle(&mut self, conn: ConnId, parsed: Parsed, now: Instant) {
+        let req = match parsed {
             Ok(req) => req,
             Err((id, failure)) => {
                 self.reply(conn, &id, Err(failure));
@@ -313,11 +402,22 @@ impl Service {
                 ErrorCode::Unauthenticated,
                 "authenticate first (login or auth)",
             ),
-            (command, Some(me)) => self.authenticated(conn, &me, command),
+            (
+                Command::Send {
+                    to,
+                    text,
+                    client_id,
+                },
+                Some(me),
+            ) => self.send(conn, &id, &me, &to, text, client_id),
+            (command, Some(me)) => self.authenticated(conn, &me, command, now),
         };
-        // `None`: the reply comes later, from the password worker.
+        // `None`: the reply comes later, from the password worker or the commit.
         if let Some(result) = result.transpose() {
             self.reply(conn, &id, result);
+        }
+        if let Some((conn, user, since)) = self.replay.take() {
+            self.send_replay(conn, user, since);
         }
     }
 
@@ -326,8 +426,19 @@ impl Service {
         conn: ConnId,
         me: &Identity,
         command: Command,
+        now: Instant,
     ) -> Result<Option<Value>, Failure> {
         let reply = match command {
+            Command::Typing { to } => self.typing(conn, me, &to, now),
+            Command::History {
+                with,
+                before,
+                limit,
+            } => self.history(me, &with, before, limit),
+            Command::Sync { since } => {
+                self.replay = Some((conn, me.user.id, since));
+                Ok(json!({}))
+            }
             Command::Logout => self.logout(conn, me),
             Command::Whoami => Ok(json!({
                 "user": me.user.name,
@@ -342,8 +453,11 @@ impl Service {
             Command::GroupDelete { group } => self.group_delete(me, &group),
             Command::GroupMembers { group } => self.group_members(me, &group),
             Command::GroupList => self.group_list(me),
-            Command::Register { .. } | Command::Login { .. } | Command::Auth { .. } => {
-                unreachable!("handled before authentication")
+            Command::Register { .. }
+            | Command::Login { .. }
+            | Command::Auth { .. }
+            | Command::Send { .. } => {
+                unreachable!("handled in `handle`")
             }
         };
         reply.map(Some)
@@ -471,7 +585,6 @@ impl Service {
         since: Option<i64>,
         now: Instant,
     ) -> Result<Option<Value>, Failure> {
-        let _ = since; // replay comes with messaging
         if !valid_name(&user) || password.len() > super::names::MAX_PASSWORD {
             return fail(ErrorCode::Unauthenticated, "unknown user or wrong password");
         }
@@ -487,7 +600,7 @@ impl Service {
             conn,
             id,
             Work::Verify(password, stored),
-            Waiting::Login { user: found },
+            Waiting::Login { user: found, since },
         )
     }
 
@@ -511,8 +624,19 @@ impl Service {
                     Err(e) => Err(e.into()),
                 }
             }
-            (Waiting::Login { user: Some(user) }, Outcome::Verified(true)) => {
-                self.start_session(conn, user)
+            (
+                Waiting::Login {
+                    user: Some(user),
+                    since,
+                },
+                Outcome::Verified(true),
+            ) => {
+                let uid = user.id;
+                let r = self.start_session(conn, user);
+                if let (Ok(_), Some(since)) = (&r, since) {
+                    self.replay = Some((conn, uid, since));
+                }
+                r
             }
             (Waiting::Login { .. }, Outcome::Verified(_)) => {
                 fail(ErrorCode::Unauthenticated, "unknown user or wrong password")
@@ -520,16 +644,11 @@ impl Service {
             _ => fail(ErrorCode::Internal, "password hashing failed"),
         };
         self.reply(conn, &id, result);
-        // Requests that waited behind this one, in order, until one waits again.
-        while let Some(s) = self.sessions.get_mut(&conn) {
-            if s.busy.is_some() {
-                break;
-            }
-            let Some(next) = s.held.pop_front() else {
-                break;
-            };
-            self.handle(conn, &next, now);
+        if let Some((conn, user, since)) = self.replay.take() {
+            self.send_replay(conn, user, since);
         }
+        // Requests that waited behind this one, in order, until one waits again.
+        self.run_held(conn, now);
     }
 
     fn start_session(&mut self, conn: ConnId, user: User) -> Reply {
@@ -554,7 +673,6 @@ impl Service {
         token: &str,
         since: Option<i64>,
     ) -> Result<Option<Value>, Failure> {
-        let _ = since; // replay comes with messaging
         let refused = || Failure::new(ErrorCode::Unauthenticated, "invalid or expired token");
         let identity = match (&self.settings.jwt_secret, auth::looks_like_jwt(token)) {
             (Some(secret), true) => {
@@ -599,6 +717,9 @@ impl Service {
             }
         };
         let name = identity.user.name.clone();
+        if let Some(since) = since {
+            self.replay = Some((conn, identity.user.id, since));
+        }
         self.set_identity(conn, identity);
         Ok(Some(json!({ "user": name })))
     }
@@ -617,19 +738,48 @@ impl Service {
 
     fn set_identity(&mut self, conn: ConnId, identity: Identity) {
         let name = identity.user.name.clone();
+        let user_id = identity.user.id;
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.identity = Some(identity);
         }
-        self.online.entry(name).or_default().push(conn);
+        let sessions = self.online.entry(name.clone()).or_default();
+        sessions.push(conn);
+        let first = sessions.len() == 1;
         self.out.push(Effect::Authenticated(conn, true));
+        if first {
+            self.announce_presence(user_id, &name, true);
+        }
     }
 
     fn set_offline(&mut self, conn: ConnId, name: &str) {
-        if let Some(conns) = self.online.get_mut(name) {
-            conns.retain(|&c| c != conn);
-            if conns.is_empty() {
-                self.online.remove(name);
+        let Some(conns) = self.online.get_mut(name) else {
+            return;
+        };
+        conns.retain(|&c| c != conn);
+        if conns.is_empty() {
+            self.online.remove(name);
+            if let Ok(Some(user)) = self.store.user(name) {
+                self.announce_presence(user.id, name, false);
             }
+        }
+    }
+
+    /// `presence` to the online users who share a group with `name`.
+    fn announce_presence(&mut self, user: UserId, name: &str, online: bool) {
+        let peers = match self.store.co_members(user) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("presence of {name} not announced: {e}");
+                return;
+            }
+        };
+        let conns: Vec<ConnId> = peers
+            .iter()
+            .flat_map(|p| self.online.get(p).into_iter().flatten().copied())
+            .collect();
+        if !conns.is_empty() {
+            let event = protocol::event("presence", json!({ "user": name, "online": online }));
+            self.broadcast(conns, &event);
         }
     }
 
@@ -709,6 +859,7 @@ impl Service {
         };
         Self::allow(actor, action)?;
         self.store.set_role(group.id, me.user.id, Role::Member)?;
+        self.members_cache.remove(&group.id);
         self.announce_membership(&group, "group.joined", &me.user.name, None)?;
         Ok(json!({}))
     }
@@ -718,6 +869,7 @@ impl Service {
         let actor = self.actor(me, &group)?;
         Self::allow(actor, Action::Leave)?;
         self.store.remove_member(group.id, me.user.id, false)?;
+        self.members_cache.remove(&group.id);
         self.announce_membership(&group, "group.left", &me.user.name, None)?;
         Ok(json!({}))
     }
@@ -774,6 +926,7 @@ impl Service {
             },
         )?;
         self.store.remove_member(group.id, target.id, ban)?;
+        self.members_cache.remove(&group.id);
         let event = protocol::event(
             "group.kicked",
             json!({ "group": group.name, "by": me.user.name }),
@@ -840,6 +993,7 @@ impl Service {
         Self::allow(actor, Action::Delete)?;
         let members = self.store.members(group.id)?;
         self.store.delete_group(group.id)?;
+        self.members_cache.remove(&group.id);
         let event = protocol::event(
             "group.deleted",
             json!({ "group": group.name, "by": me.user.name }),
@@ -888,4 +1042,426 @@ impl Service {
             .collect();
         Ok(json!({ "groups": groups }))
     }
+}
+
+/// A conversation address resolved for one user.
+struct Conversation {
+    /// `#group` or `@user`, as addressed.
+    address: String,
+    target: Target,
+    /// The other user of a direct conversation.
+    peer: Option<String>,
+}
+
+impl Service {
+    // ------------------------------------------------------------------------------------
+    // Messaging
+    // ------------------------------------------------------------------------------------
+
+    /// Resolves `@user` / `#group` and checks that `me` may talk there.
+    fn conversation(&self, me: &Identity, address: &str) -> Result<Conversation, Failure> {
+        if let Some(name) = address.strip_prefix('#') {
+            let group = self.find_group(name)?;
+            let actor = self.actor(me, &group)?;
+            Self::allow(actor, Action::Converse)?;
+            Ok(Conversation {
+                address: address.to_string(),
+                target: Target::Group(group.id),
+                peer: None,
+            })
+        } else if let Some(name) = address.strip_prefix('@') {
+            let user = self.find_user(name)?;
+            Ok(Conversation {
+                address: address.to_string(),
+                target: Target::Direct(user.id),
+                peer: Some(user.name),
+            })
+        } else {
+            fail(ErrorCode::BadRequest, "an address is @user or #group")
+        }
+    }
+
+    /// Connections that see a conversation's traffic, except the one it came from: for a group,
+    /// every session of every member; for a direct conversation, the peer's sessions and the
+    /// sender's other sessions.
+    fn audience(
+        &mut self,
+        sender: &str,
+        from_conn: ConnId,
+        target: Target,
+        peer: Option<&str>,
+    ) -> Result<Vec<ConnId>, Failure> {
+        let mut conns = match target {
+            Target::Group(gid) => {
+                let members = self.members_of(gid)?;
+                members
+                    .iter()
+                    .flat_map(|name| self.online.get(name).into_iter().flatten().copied())
+                    .collect()
+            }
+            Target::Direct(_) => {
+                let mut c = self.sessions_of(sender);
+                if let Some(peer) = peer.filter(|p| *p != sender) {
+                    c.extend(self.sessions_of(peer));
+                }
+                c
+            }
+        };
+        conns.retain(|&c| c != from_conn);
+        Ok(conns)
+    }
+
+    fn members_of(&mut self, group: GroupId) -> Result<Rc<Vec<String>>, Failure> {
+        if let Some(m) = self.members_cache.get(&group) {
+            return Ok(m.clone());
+        }
+        let names: Vec<String> = self
+            .store
+            .members(group)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let names = Rc::new(names);
+        self.members_cache.insert(group, names.clone());
+        Ok(names)
+    }
+
+    /// Accepts a message into this iteration's batch; the reply comes after the commit.
+    fn send(
+        &mut self,
+        conn: ConnId,
+        id: &Option<Value>,
+        me: &Identity,
+        to: &str,
+        text: String,
+        client_id: Option<String>,
+    ) -> Result<Option<Value>, Failure> {
+        let conversation = self.conversation(me, to)?;
+        let chars = text.chars().count();
+        if chars == 0 {
+            return fail(ErrorCode::BadRequest, "text is empty");
+        }
+        if chars > self.settings.max_text_chars {
+            return fail(
+                ErrorCode::TooLarge,
+                format!("text is over {} characters", self.settings.max_text_chars),
+            );
+        }
+        if client_id
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 128)
+        {
+            return fail(ErrorCode::BadRequest, "client_id is 1-128 bytes");
+        }
+        let mut accepted = Accepted {
+            conn,
+            id: id.clone(),
+            from: me.user.name.clone(),
+            to: conversation.address,
+            message: None,
+            dup: None,
+            dup_of: None,
+        };
+        if let Some(cid) = &client_id {
+            // A retry: answer with the first copy, deliver nothing.
+            let in_batch = self.batch.iter().position(|a| {
+                a.message
+                    .as_ref()
+                    .is_some_and(|m| m.sender == me.user.id && m.client_id.as_deref() == Some(cid))
+            });
+            if in_batch.is_some() {
+                accepted.dup_of = in_batch;
+            } else if let Some(first) = self.store.find_client_id(me.user.id, cid)? {
+                accepted.dup = Some(first);
+            }
+        }
+        if accepted.dup.is_none() && accepted.dup_of.is_none() {
+            let msg_id = self.next_msg_id;
+            self.next_msg_id += 1;
+            accepted.message = Some(NewMessage {
+                id: msg_id,
+                sender: me.user.id,
+                to: conversation.target,
+                text,
+                ts: now_ms(),
+                client_id,
+            });
+        }
+        self.batch.push(accepted);
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.in_batch += 1;
+        }
+        Ok(None)
+    }
+
+    /// Whether sends are waiting for a commit.
+    pub fn has_batch(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
+    /// Commits the iteration's sends in one transaction, then acknowledges them and delivers
+    /// them; on failure every sender in the batch gets `unavailable` and nothing is delivered.
+    /// Requests held behind the sends run afterwards, and if they send, the loop commits again.
+    pub fn commit(&mut self, now: Instant) {
+        while !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            let rows: Vec<NewMessage> = batch.iter().filter_map(|a| a.message.clone()).collect();
+            let started = Instant::now();
+            let stored = if rows.is_empty() {
+                Ok(())
+            } else {
+                self.store.insert_messages(&rows)
+            };
+            self.record_commit(rows.len(), started.elapsed(), stored.is_ok());
+            match stored {
+                Ok(()) => self.acknowledge(&batch),
+                Err(e) => {
+                    let failure: Failure = e.into();
+                    for a in &batch {
+                        self.reply(a.conn, &a.id, Err(failure.clone()));
+                    }
+                }
+            }
+            let mut waiting: Vec<ConnId> = batch.iter().map(|a| a.conn).collect();
+            waiting.dedup();
+            for conn in waiting {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.in_batch = 0;
+                }
+                self.run_held(conn, now);
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, batch: &[Accepted]) {
+        for a in batch {
+            let (msg_id, ts) = match (&a.message, a.dup, a.dup_of) {
+                (Some(m), _, _) => (m.id, m.ts),
+                (None, Some(first), _) => first,
+                (None, None, Some(i)) => {
+                    let m = batch[i]
+                        .message
+                        .as_ref()
+                        .expect("a duplicate points at a stored message");
+                    (m.id, m.ts)
+                }
+                (None, None, None) => unreachable!("a batch entry is a message or a duplicate"),
+            };
+            self.reply(a.conn, &a.id, Ok(json!({ "msg_id": msg_id, "ts": ts })));
+            let Some(m) = &a.message else {
+                self.metrics.deduplicated += 1;
+                continue;
+            };
+            self.metrics.accepted += 1;
+            let peer = a.to.strip_prefix('@').map(str::to_string);
+            let conns = match self.audience(&a.from, a.conn, m.to, peer.as_deref()) {
+                Ok(c) => c,
+                Err(f) => {
+                    warn!(
+                        "message {} stored but not delivered live: {}",
+                        m.id, f.message
+                    );
+                    continue;
+                }
+            };
+            let mut event = json!({
+                "msg_id": m.id, "from": a.from, "to": a.to, "text": m.text, "ts": m.ts,
+            });
+            if let Some(cid) = &m.client_id {
+                event["client_id"] = json!(cid);
+            }
+            self.metrics.delivered += conns.len() as u64;
+            self.broadcast(conns, &protocol::event("message", event));
+        }
+    }
+
+    /// Runs a connection's held requests until one has to wait again.
+    fn run_held(&mut self, conn: ConnId, now: Instant) {
+        while let Some(s) = self.sessions.get_mut(&conn) {
+            if s.busy.is_some() {
+                return;
+            }
+            let is_send = matches!(
+                s.held.front(),
+                Some(Ok(Request {
+                    command: Command::Send { .. },
+                    ..
+                }))
+            );
+            if s.in_batch > 0 && !is_send {
+                return;
+            }
+            let Some(next) = s.held.pop_front() else {
+                return;
+            };
+            self.handle(conn, next, now);
+        }
+    }
+
+    fn record_commit(&mut self, rows: usize, took: Duration, ok: bool) {
+        let m = &mut self.metrics;
+        m.commits += 1;
+        if !ok {
+            m.commit_failures += 1;
+        }
+        m.batched += rows as u64;
+        m.batch_max = m.batch_max.max(rows as u64);
+        let us = took.as_micros() as u64;
+        m.commit_latency_sum_us += us;
+        let bucket = COMMIT_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(COMMIT_BUCKETS_US.len());
+        m.commit_latency[bucket] += 1;
+    }
+
+    fn typing(&mut self, conn: ConnId, me: &Identity, to: &str, now: Instant) -> Reply {
+        let conversation = self.conversation(me, to)?;
+        let (rate, burst) = (self.settings.typing_rate, self.settings.typing_burst);
+        let allowed = self
+            .sessions
+            .get_mut(&conn)
+            .is_some_and(|s| s.typing.take(rate, burst, now));
+        if !allowed {
+            return fail(
+                ErrorCode::RateLimited,
+                "typing notices are limited, slow down",
+            );
+        }
+        let conns = self.audience(
+            &me.user.name,
+            conn,
+            conversation.target,
+            conversation.peer.as_deref(),
+        )?;
+        let event = protocol::event(
+            "typing",
+            json!({ "from": me.user.name, "to": conversation.address }),
+        );
+        self.broadcast(conns, &event);
+        Ok(json!({}))
+    }
+
+    fn history(
+        &mut self,
+        me: &Identity,
+        with: &str,
+        before: Option<i64>,
+        limit: Option<i64>,
+    ) -> Reply {
+        let conversation = self.conversation(me, with)?;
+        let limit = match limit {
+            None => 50,
+            Some(n) if n < 1 => return fail(ErrorCode::BadRequest, "limit is at least 1"),
+            Some(n) => n.min(100) as usize,
+        };
+        let before = before.unwrap_or(i64::MAX);
+        let (page, more) = self
+            .store
+            .history(me.user.id, conversation.target, before, limit)?;
+        let messages: Vec<Value> = page.iter().map(message_json).collect();
+        Ok(json!({ "messages": messages, "more": more }))
+    }
+
+    /// The recovery replay: the oldest missed messages as `message` events, then `recovered`.
+    fn send_replay(&mut self, conn: ConnId, user: UserId, since: i64) {
+        let limit = self.settings.recovery_limit;
+        let (page, more) = match self.store.recover(user, since, limit) {
+            Ok(r) => r,
+            Err(e) => {
+                let f: Failure = e.into();
+                self.reply(conn, &None, Err(f));
+                return;
+            }
+        };
+        let last = page.last().map_or(since, |m| m.id);
+        for m in &page {
+            let text = protocol::event("message", message_json(m));
+            self.out.push(Effect::Send(conn, text_frame(&text)));
+        }
+        let done = protocol::event(
+            "recovered",
+            json!({ "last_msg_id": last, "complete": !more }),
+        );
+        self.out.push(Effect::Send(conn, text_frame(&done)));
+    }
+
+    /// The messaging counters in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let m = &self.metrics;
+        let mut one = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        one(
+            "chatd_users_online",
+            "gauge",
+            "Users with at least one authenticated connection.",
+            self.online.len() as u64,
+        );
+        one(
+            "chatd_messages_accepted_total",
+            "counter",
+            "Messages stored and acknowledged.",
+            m.accepted,
+        );
+        one(
+            "chatd_messages_delivered_total",
+            "counter",
+            "Message events queued to recipient connections.",
+            m.delivered,
+        );
+        one(
+            "chatd_messages_deduplicated_total",
+            "counter",
+            "Sends answered from an earlier copy (repeated client_id).",
+            m.deduplicated,
+        );
+        one(
+            "chatd_commit_failures_total",
+            "counter",
+            "Batch commits that failed; their senders got unavailable.",
+            m.commit_failures,
+        );
+        one(
+            "chatd_commit_batch_max",
+            "gauge",
+            "Largest batch committed at once.",
+            m.batch_max,
+        );
+        let _ = writeln!(out, "# HELP chatd_commit_batch_size Messages per commit.\n# TYPE chatd_commit_batch_size summary\nchatd_commit_batch_size_sum {}\nchatd_commit_batch_size_count {}", m.batched, m.commits);
+        let _ = writeln!(out, "# HELP chatd_commit_seconds Time to commit a batch.\n# TYPE chatd_commit_seconds histogram");
+        let mut cumulative = 0;
+        for (i, bound) in COMMIT_BUCKETS_US.iter().enumerate() {
+            cumulative += m.commit_latency[i];
+            let _ = writeln!(
+                out,
+                "chatd_commit_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        cumulative += m.commit_latency[COMMIT_BUCKETS_US.len()];
+        let _ = writeln!(
+            out,
+            "chatd_commit_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "chatd_commit_seconds_sum {}",
+            m.commit_latency_sum_us as f64 / 1e6
+        );
+        let _ = writeln!(out, "chatd_commit_seconds_count {}", m.commits);
+    }
+}
+
+/// A stored message as the fields of a `message` event or a history entry.
+fn message_json(m: &StoredMessage) -> Value {
+    let mut v = json!({ "msg_id": m.id, "from": m.from, "to": m.to, "text": m.text, "ts": m.ts });
+    if let Some(cid) = &m.client_id {
+        v["client_id"] = json!(cid);
+    }
+    v
 }

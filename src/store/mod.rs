@@ -114,6 +114,76 @@ pub struct GroupSummary {
     pub role: Option<Role>,
 }
 
+/// A message accepted for storage: everything but the names, which the store resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The server-wide msg_id, assigned by the caller in increasing order.
+    pub id: i64,
+    /// Who sent it.
+    pub sender: UserId,
+    /// Where it went.
+    pub to: Target,
+    /// The text.
+    pub text: String,
+    /// Server time, ms since the epoch.
+    pub ts: i64,
+    /// The sender's deduplication key.
+    pub client_id: Option<String>,
+}
+
+/// A conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A group.
+    Group(GroupId),
+    /// Direct messages with a user.
+    Direct(UserId),
+}
+
+/// A stored message as the protocol shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// msg_id.
+    pub id: i64,
+    /// Sender's name.
+    pub from: String,
+    /// `#group` or `@user`, as addressed by the sender.
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// Server time, ms since the epoch.
+    pub ts: i64,
+    /// The sender's deduplication key, if it gave one.
+    pub client_id: Option<String>,
+}
+
+/// The name of the direct conversation between two users, whoever speaks.
+fn pair(a: UserId, b: UserId) -> String {
+    format!("{}:{}", a.min(b), a.max(b))
+}
+
+const MESSAGE_COLUMNS: &str = "SELECT m.id, s.name, g.name, r.name, m.text, m.ts, m.client_id
+     FROM messages m JOIN users s ON s.id = m.sender
+     LEFT JOIN groups g ON g.id = m.group_id LEFT JOIN users r ON r.id = m.recipient";
+
+fn message_row(r: &rusqlite::Row) -> rusqlite::Result<StoredMessage> {
+    let group: Option<String> = r.get(2)?;
+    let recipient: Option<String> = r.get(3)?;
+    let to = match (group, recipient) {
+        (Some(g), _) => format!("#{g}"),
+        (None, Some(u)) => format!("@{u}"),
+        (None, None) => String::new(),
+    };
+    Ok(StoredMessage {
+        id: r.get(0)?,
+        from: r.get(1)?,
+        to,
+        text: r.get(4)?,
+        ts: r.get(5)?,
+        client_id: r.get(6)?,
+    })
+}
+
 /// The open database.
 pub struct Store {
     db: Connection,
@@ -169,6 +239,14 @@ impl Store {
     }
 
     // ---- sessions ------------------------------------------------------------------------
+
+    /// Sets what a commit waits for: `FULL` syncs the log on every commit (survives power
+    /// loss), `NORMAL` leaves that to the OS (survives a crash of the process).
+    pub fn set_synchronous(&self, full: bool) -> Result<()> {
+        self.db
+            .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+        Ok(())
+    }
 
     /// Stores a session by the hash of its token.
     pub fn create_session(&self, token_hash: &[u8], user: UserId, expires_ms: i64) -> Result<()> {
@@ -388,6 +466,150 @@ impl Store {
     }
 }
 
+impl Store {
+    // ---- messages ------------------------------------------------------------------------
+
+    /// The highest msg_id stored (0 when none).
+    pub fn last_message_id(&self) -> Result<i64> {
+        Ok(self
+            .db
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Stores a batch of messages in one transaction: all or none.
+    pub fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<()> {
+        let tx = self.db.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO messages (id, sender, group_id, recipient, pair, text, ts, client_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for m in batch {
+                let (group, recipient, pair) = match m.to {
+                    Target::Group(g) => (Some(g), None, None),
+                    Target::Direct(u) => (None, Some(u), Some(pair(m.sender, u))),
+                };
+                stmt.execute(params![
+                    m.id,
+                    m.sender,
+                    group,
+                    recipient,
+                    pair,
+                    m.text,
+                    m.ts,
+                    m.client_id
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The msg_id and ts of the sender's message with this client_id, if stored.
+    pub fn find_client_id(&self, sender: UserId, client_id: &str) -> Result<Option<(i64, i64)>> {
+        Ok(self
+            .db
+            .prepare_cached("SELECT id, ts FROM messages WHERE sender = ?1 AND client_id = ?2")?
+            .query_row(params![sender, client_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// The latest `limit` messages of a conversation with msg_id below `before`, ascending, and
+    /// whether older ones exist. `me` is the reader (for direct conversations).
+    pub fn history(
+        &self,
+        me: UserId,
+        with: Target,
+        before: i64,
+        limit: usize,
+    ) -> Result<(Vec<StoredMessage>, bool)> {
+        let sql = match with {
+            Target::Group(_) => format!(
+                "{MESSAGE_COLUMNS} WHERE m.group_id = ?1 AND m.id < ?2 ORDER BY m.id DESC LIMIT ?3"
+            ),
+            Target::Direct(_) => format!(
+                "{MESSAGE_COLUMNS} WHERE m.pair = ?1 AND m.id < ?2 ORDER BY m.id DESC LIMIT ?3"
+            ),
+        };
+        let key: rusqlite::types::Value = match with {
+            Target::Group(g) => g.into(),
+            Target::Direct(u) => pair(me, u).into(),
+        };
+        let mut stmt = self.db.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![key, before, limit as i64 + 1], message_row)?;
+        let mut page: Vec<StoredMessage> = rows.collect::<rusqlite::Result<_>>()?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        page.reverse();
+        Ok((page, more))
+    }
+
+    /// The oldest `limit` messages after `since` in all of a user's conversations (direct
+    /// messages, and groups the user is a member of now), in msg_id order, and whether more
+    /// remain. Each conversation is read through its index for at most `limit + 1` rows, so the
+    /// cost follows the page and the number of conversations, not the table.
+    pub fn recover(
+        &self,
+        user: UserId,
+        since: i64,
+        limit: usize,
+    ) -> Result<(Vec<StoredMessage>, bool)> {
+        let want = limit as i64 + 1;
+        let mut ids: Vec<i64> = Vec::new();
+        {
+            let mut per_group = self.db.prepare_cached(
+                "SELECT id FROM messages WHERE group_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let mut groups = self
+                .db
+                .prepare_cached("SELECT group_id FROM members WHERE user_id = ?1")?;
+            let group_ids: Vec<i64> = groups
+                .query_map(params![user], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for g in group_ids {
+                for id in per_group.query_map(params![g, since, want], |r| r.get(0))? {
+                    ids.push(id?);
+                }
+            }
+            for sql in [
+                "SELECT id FROM messages WHERE recipient = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                "SELECT id FROM messages WHERE sender = ?1 AND recipient IS NOT NULL AND id > ?2 ORDER BY id LIMIT ?3",
+            ] {
+                let mut stmt = self.db.prepare_cached(sql)?;
+                for id in stmt.query_map(params![user, since, want], |r| r.get(0))? {
+                    ids.push(id?);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let mut stmt = self
+            .db
+            .prepare_cached(&format!("{MESSAGE_COLUMNS} WHERE m.id = ?1"))?;
+        let mut page = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(m) = stmt.query_row(params![id], message_row).optional()? {
+                page.push(m);
+            }
+        }
+        Ok((page, more))
+    }
+
+    /// Names of the other members of every group `user` is in.
+    pub fn co_members(&self, user: UserId) -> Result<Vec<String>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT DISTINCT u.name FROM members a JOIN members b ON b.group_id = a.group_id
+             JOIN users u ON u.id = b.user_id WHERE a.user_id = ?1 AND b.user_id != ?1",
+        )?;
+        let rows = stmt.query_map(params![user], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,8 +675,35 @@ mod tests {
             .list_groups(s.create_user("c", None, 0).unwrap())
             .unwrap()
             .is_empty());
+        let msg = |id, to| NewMessage {
+            id,
+            sender: a,
+            to,
+            text: format!("m{id}"),
+            ts: id,
+            client_id: None,
+        };
+        s.insert_messages(&[
+            msg(1, Target::Group(g)),
+            msg(2, Target::Direct(b)),
+            msg(3, Target::Group(g)),
+        ])
+        .unwrap();
+        let (page, more) = s.history(b, Target::Group(g), i64::MAX, 1).unwrap();
+        assert_eq!((page[0].id, page[0].to.as_str(), more), (3, "#g", true));
+        let (page, _) = s.history(b, Target::Direct(a), i64::MAX, 10).unwrap();
+        assert_eq!(
+            (page.len(), page[0].to.as_str(), page[0].from.as_str()),
+            (1, "@b", "a")
+        );
+        let (page, more) = s.recover(b, 0, 2).unwrap();
+        assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(more);
+        assert_eq!(s.co_members(a).unwrap(), vec!["b".to_string()]);
         s.delete_group(g).unwrap();
         assert!(s.group("g").unwrap().is_none());
+        // the group's history went with it; the direct message stays
+        assert_eq!(s.recover(a, 0, 10).unwrap().0.len(), 1);
         assert!(s.groups_of(a).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -43,6 +43,25 @@ pub const MIGRATIONS: &[&str] = &[
         user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
         PRIMARY KEY (group_id, user_id)
     );",
+    // 2: messages. `id` is the server-wide msg_id. A message is either in a group (`group_id`)
+    // or direct (`recipient`, with `pair` = the two user ids, lower first, naming the
+    // conversation). Partial indexes serve history (by conversation) and recovery (by group,
+    // by recipient, by sender of direct messages), each scanned in msg_id order.
+    "CREATE TABLE messages (
+        id          INTEGER PRIMARY KEY,
+        sender      INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        group_id    INTEGER REFERENCES groups(id) ON DELETE CASCADE,
+        recipient   INTEGER REFERENCES users(id) ON DELETE CASCADE,
+        pair        TEXT,
+        text        TEXT NOT NULL,
+        ts          INTEGER NOT NULL,
+        client_id   TEXT
+    );
+    CREATE INDEX messages_by_group ON messages(group_id, id) WHERE group_id IS NOT NULL;
+    CREATE INDEX messages_by_pair ON messages(pair, id) WHERE pair IS NOT NULL;
+    CREATE INDEX messages_by_recipient ON messages(recipient, id) WHERE recipient IS NOT NULL;
+    CREATE INDEX messages_direct_by_sender ON messages(sender, id) WHERE recipient IS NOT NULL;
+    CREATE UNIQUE INDEX messages_dedupe ON messages(sender, client_id) WHERE client_id IS NOT NULL;",
 ];
 
 /// Brings the database up to the latest version, one transaction per step.

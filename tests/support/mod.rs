@@ -12,11 +12,13 @@ pub mod chat;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tungstenite::WebSocket;
 
@@ -51,13 +53,25 @@ pub struct Server {
     /// The address the server logged.
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// The private data directory made for this server (when the caller gave none), removed
+    /// on drop.
+    own_data_dir: Option<PathBuf>,
 }
 
 impl Server {
     /// Starts `chatd --listen 127.0.0.1:0` with `args` added, and waits for its address.
+    /// Without `--data-dir` in `args`, the server gets a fresh directory of its own, so that
+    /// servers of tests running in parallel share no database (and none lands in the repo).
     pub fn start(args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
         cmd.arg("--listen").arg("127.0.0.1:0").args(args);
+        let gave_dir = args
+            .iter()
+            .any(|a| *a == "--data-dir" || a.starts_with("--data-dir="));
+        let own_data_dir = (!gave_dir).then(fresh_data_dir);
+        if let Some(dir) = &own_data_dir {
+            cmd.arg("--data-dir").arg(dir);
+        }
         // The flags have environment fallbacks: keep the caller's environment out of the tests.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("CHATD_") {
@@ -92,6 +106,9 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait();
+                if let Some(dir) = &own_data_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
                 panic!(
                     "chatd {args:?} did not log its address (status {status:?}); stderr:\n{}",
                     log.lock().unwrap().join("\n")
@@ -99,7 +116,12 @@ impl Server {
             }
         };
         assert!(addr.ip().is_loopback(), "listening on {addr}");
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            log,
+            own_data_dir,
+        }
     }
 
     /// The process id.
@@ -209,7 +231,26 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.own_data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A new empty directory under the system's temp dir, unique to this process and call.
+fn fresh_data_dir() -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "chatd-transport-{}-{n}-{nanos}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a data directory");
+    dir
 }
 
 /// A TCP connection to `addr` with read and write timeouts.
