@@ -153,6 +153,8 @@ pub struct Conn {
     readable: bool,
     writable: bool,
     write_shut: bool,
+    /// The peer shut its side (EOF) while we still had things to say.
+    peer_eof: bool,
     /// The deadline this connection has in the server's timer set, if any.
     pub timer_at: Option<Instant>,
     /// Already in the server's list of connections to finish this iteration.
@@ -178,6 +180,7 @@ impl Conn {
             readable: false,
             writable: true,
             write_shut: false,
+            peer_eof: false,
             timer_at: None,
             touched: false,
             ending: None,
@@ -252,7 +255,9 @@ impl Conn {
     }
 
     fn reads(&self) -> bool {
-        self.ending.is_none() && !matches!(self.phase, Phase::Closed { linger: false, .. })
+        self.ending.is_none()
+            && !self.peer_eof
+            && !matches!(self.phase, Phase::Closed { linger: false, .. })
     }
 
     /// Ends the open phase once the messages before `step` are dispatched; in other phases
@@ -412,7 +417,13 @@ impl Conn {
                 Io::WouldBlock => self.readable = false,
                 Io::Closed => {
                     self.readable = false;
-                    self.advance(Step::Gone(CloseReason::PeerGone), cx);
+                    if let Phase::Closed { linger: true, .. } = self.phase {
+                        // A half-close after the request (`nc -N`): the answer still goes out.
+                        self.peer_eof = true;
+                        self.finish_linger(cx);
+                    } else {
+                        self.advance(Step::Gone(CloseReason::PeerGone), cx);
+                    }
                 }
                 Io::Failed(e) => {
                     debug!("{}: read failed: {e}", self.peer);
@@ -633,14 +644,25 @@ impl Conn {
                 }
             }
         }
-        if let Phase::Closed { linger: true, .. } = self.phase {
-            if self.output.is_empty() && !self.write_shut {
-                self.write_shut = true;
-                // FIN after our last bytes; then wait for the peer's FIN (read as EOF).
-                if self.socket.shutdown(Shutdown::Write).is_err() {
-                    self.advance(Step::Gone(CloseReason::PeerGone), cx);
-                }
+        self.finish_linger(cx);
+    }
+
+    /// A lingering connection whose output is all out shuts its side of TCP, and is done once
+    /// the peer has shut its side too.
+    fn finish_linger(&mut self, cx: &mut Cx) {
+        if !matches!(self.phase, Phase::Closed { linger: true, .. }) || !self.output.is_empty() {
+            return;
+        }
+        if !self.write_shut {
+            self.write_shut = true;
+            // FIN after our last bytes; then wait for the peer's FIN (read as EOF).
+            if self.socket.shutdown(Shutdown::Write).is_err() {
+                self.advance(Step::Gone(CloseReason::PeerGone), cx);
+                return;
             }
+        }
+        if self.peer_eof {
+            self.advance(Step::Gone(CloseReason::PeerGone), cx);
         }
     }
 

@@ -989,11 +989,10 @@ fn drain_timeout_ends_shutdown_when_a_client_never_answers() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Server bugs found by these tests: ignored until fixed (run with `-- --ignored`)
+// Found as bugs by these tests, fixed since
 // ------------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "server bug: a request followed by the client's FIN gets no response (conn.rs drops queued output on EOF while lingering)"]
 fn request_then_half_close_still_gets_the_response() {
     let server = Server::start(&[]);
     for (request, status) in [
@@ -1018,7 +1017,6 @@ fn request_then_half_close_still_gets_the_response() {
 }
 
 #[test]
-#[ignore = "server bug: any Upgrade header makes a request a WebSocket upgrade, so `curl --http2 http://…/healthz` (Upgrade: h2c) gets 404"]
 fn plain_get_with_h2c_upgrade_offer_is_served() {
     let server = Server::start(&[]);
     // What `curl --http2 http://127.0.0.1:PORT/healthz` sends; RFC 9110 7.8: a server may

@@ -10,10 +10,11 @@ use super::response::Response;
 /// RFC 6455 1.3: the GUID concatenated with the client's key before hashing.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// Whether the request asks for a protocol upgrade at all. Requests without an `Upgrade` header
-/// are plain HTTP and are routed as such.
+/// Whether the request asks for a WebSocket. Other requests are plain HTTP and are routed as
+/// such, including those that offer some other upgrade (`Upgrade: h2c` from `curl --http2`),
+/// which a server may ignore (RFC 9110 7.8).
 pub fn is_upgrade(req: &Request) -> bool {
-    req.header("upgrade").is_some()
+    req.header_has_token("upgrade", "websocket")
 }
 
 /// `Sec-WebSocket-Accept` for a client key (RFC 6455 4.2.2, step 5.4): base64 of the SHA-1 of
