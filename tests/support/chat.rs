@@ -102,6 +102,25 @@ impl Client {
         self.reply_to(&json!(id))
     }
 
+    /// As [`Client::request`], but `None` instead of a panic when the connection is gone
+    /// (for tests that kill the server under the client).
+    pub fn try_request(&mut self, mut body: Value) -> Option<Value> {
+        let id = json!(self.next_id);
+        self.next_id += 1;
+        body["id"] = id.clone();
+        self.ws.send(Message::text(body.to_string())).ok()?;
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.read_once() {
+                Ok(Some(v)) if v.get("re") == Some(&id) => return Some(v),
+                Ok(Some(v)) => self.events.push_back(v),
+                Ok(None) => {}
+                Err(()) => return None,
+            }
+        }
+        None
+    }
+
     /// Sends a request and asserts it succeeded.
     pub fn ok(&mut self, body: Value) -> Value {
         let reply = self.request(body.clone());

@@ -63,7 +63,12 @@ impl Server {
     /// Without `--data-dir` in `args`, the server gets a fresh directory of its own, so that
     /// servers of tests running in parallel share no database (and none lands in the repo).
     pub fn start(args: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+        Server::start_binary(std::path::Path::new(env!("CARGO_BIN_EXE_chatd")), args)
+    }
+
+    /// As [`Server::start`], with another build of the binary (the release build).
+    pub fn start_binary(binary: &std::path::Path, args: &[&str]) -> Server {
+        let mut cmd = Command::new(binary);
         cmd.arg("--listen").arg("127.0.0.1:0").args(args);
         let gave_dir = args
             .iter()
@@ -224,6 +229,14 @@ impl Server {
             }
             thread::sleep(Duration::from_millis(25));
         }
+    }
+}
+
+impl Server {
+    /// Kills the process with SIGKILL (no shutdown, no flush) and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
