@@ -14,7 +14,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    println!("{:<8} {:>6} {:>10} {:>12} {:>14}", "sync", "batch", "messages", "seconds", "messages/s");
+    println!(
+        "{:<8} {:>6} {:>10} {:>12} {:>14}",
+        "sync", "batch", "messages", "seconds", "messages/s"
+    );
     let mut json = Vec::new();
     for full in [false, true] {
         for batch in [1usize, 16, 256, 4096] {
@@ -23,17 +26,24 @@ fn main() {
             let (took, count) = run(full, batch, n);
             let rate = count as f64 / took.as_secs_f64();
             let mode = if full { "full" } else { "normal" };
-            println!("{mode:<8} {batch:>6} {count:>10} {:>12.3} {rate:>14.0}", took.as_secs_f64());
+            println!(
+                "{mode:<8} {batch:>6} {count:>10} {:>12.3} {rate:>14.0}",
+                took.as_secs_f64()
+            );
             json.push(format!(
                 "{{\"sync\":\"{mode}\",\"batch\":{batch},\"messages\":{count},\"per_sec\":{rate:.0}}}"
             ));
         }
     }
-    println!("{{\"bench\":\"group_commit\",\"results\":[{}]}}", json.join(","));
+    println!(
+        "{{\"bench\":\"group_commit\",\"results\":[{}]}}",
+        json.join(",")
+    );
 }
 
 fn run(full: bool, batch: usize, total: i64) -> (Duration, i64) {
-    let dir = std::env::temp_dir().join(format!("chatd-bench-{}-{full}-{batch}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("chatd-bench-{}-{full}-{batch}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut store = Store::open(&dir).expect("open store");
     store.set_synchronous(full).expect("synchronous");
@@ -48,7 +58,11 @@ fn run(full: bool, batch: usize, total: i64) -> (Duration, i64) {
             .map(|k| NewMessage {
                 id: id + k,
                 sender: alice,
-                to: if (id + k) % 4 == 0 { Target::Direct(bob) } else { Target::Group(group) },
+                to: if (id + k) % 4 == 0 {
+                    Target::Direct(bob)
+                } else {
+                    Target::Group(group)
+                },
                 text: text.clone(),
                 ts: id + k,
                 client_id: Some(format!("c{}", id + k)),
