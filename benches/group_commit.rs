@@ -66,6 +66,7 @@ fn run(full: bool, batch: usize, total: i64) -> (Duration, i64) {
                 text: text.clone(),
                 ts: id + k,
                 client_id: Some(format!("c{}", id + k)),
+                file: None,
             })
             .collect();
         store.insert_messages(&rows).expect("insert");

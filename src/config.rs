@@ -75,6 +75,11 @@ pub struct Config {
     #[arg(long, env = "CHATD_SYNC", default_value = "normal")]
     pub sync: SyncMode,
 
+    /// Largest file accepted by `file.upload`, in bytes; checked against the declared size and
+    /// against the bytes received (more: `too_large`, upload dropped).
+    #[arg(long, env = "CHATD_MAX_FILE_SIZE", default_value_t = 100 << 20)]
+    pub max_file_size: u64,
+
     /// Longest message text, in Unicode scalar values; longer: `too_large`.
     #[arg(long, env = "CHATD_MAX_TEXT_CHARS", default_value_t = 4000)]
     pub max_text_chars: usize,

@@ -13,7 +13,8 @@
 //! bytes and turns them into steps; it never looks at another connection. Messages for the
 //! application go out through an inbox the server owns.
 
-use std::io::IoSlice;
+use std::fs::File;
+use std::io::{IoSlice, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
@@ -31,6 +32,17 @@ use crate::ws::{close, frame, CloseCode, Event, Limits, Opcode, Role, Session};
 /// Bytes read from one connection in one iteration before the loop moves on to others
 /// (fairness); the rest is read in the next iteration.
 pub const READ_BUDGET: usize = 256 * 1024;
+
+/// A file body is read from disk in pieces of this size, one at a time as the socket takes
+/// them, so a download of any size costs about this much memory.
+pub const BODY_CHUNK: usize = 64 * 1024;
+
+/// The rest of a file being sent as a response body.
+#[derive(Debug)]
+struct Body {
+    file: File,
+    remaining: u64,
+}
 
 /// A connection whose own outgoing queue is above this stops being read until the queue drains,
 /// so a client that sends faster than it reads (an echo flood) slows down instead of hitting the
@@ -155,6 +167,10 @@ pub struct Conn {
     write_shut: bool,
     /// The peer shut its side (EOF) while we still had things to say.
     peer_eof: bool,
+    /// A file response still being read from disk.
+    body: Option<Body>,
+    /// Last time the socket took bytes.
+    last_write: Instant,
     /// The deadline this connection has in the server's timer set, if any.
     pub timer_at: Option<Instant>,
     /// Already in the server's list of connections to finish this iteration.
@@ -181,6 +197,8 @@ impl Conn {
             writable: true,
             write_shut: false,
             peer_eof: false,
+            body: None,
+            last_write: now,
             timer_at: None,
             touched: false,
             ending: None,
@@ -564,6 +582,56 @@ impl Conn {
         self.advance(Step::Answered(CloseReason::HttpDone), cx);
     }
 
+    /// Queues a response head and then the `len` bytes of `file` (from its current position),
+    /// read from disk a piece at a time as the socket takes them; closes after.
+    pub fn respond_file(
+        &mut self,
+        head: String,
+        file: File,
+        len: u64,
+        head_only: bool,
+        cx: &mut Cx,
+    ) {
+        self.output.push(head.into_bytes());
+        if !head_only && len > 0 {
+            self.body = Some(Body {
+                file,
+                remaining: len,
+            });
+        }
+        self.advance(Step::Answered(CloseReason::HttpDone), cx);
+    }
+
+    /// Tops the queue up from the file body when it runs low.
+    fn refill_body(&mut self, cx: &mut Cx) {
+        let Some(body) = &mut self.body else {
+            return;
+        };
+        if self.output.queued() >= BODY_CHUNK {
+            return;
+        }
+        let want = (body.remaining as usize).min(BODY_CHUNK);
+        let mut chunk = vec![0u8; want];
+        match body.file.read(&mut chunk) {
+            Ok(n) if n > 0 => {
+                chunk.truncate(n);
+                body.remaining -= n as u64;
+                cx.metrics.file_bytes_downloaded += n as u64;
+                self.output.push(chunk);
+                if body.remaining == 0 {
+                    self.body = None;
+                }
+            }
+            // The file shrank or failed under us: the response cannot be completed honestly.
+            Ok(_) | Err(_) => {
+                debug!("{}: file body ended early", self.peer);
+                self.body = None;
+                self.output.clear();
+                self.advance(Step::Gone(CloseReason::IoError), cx);
+            }
+        }
+    }
+
     /// Queues the 101 response and opens the WebSocket.
     pub fn upgrade(&mut self, response: Vec<u8>, route: Route, cx: &mut Cx) {
         self.output.push(response);
@@ -619,7 +687,11 @@ impl Conn {
     /// Writes as much queued output as the socket takes. A lingering connection whose output
     /// is all out shuts its side of TCP.
     pub fn flush(&mut self, cx: &mut Cx) {
-        while self.writable && !self.output.is_empty() {
+        loop {
+            self.refill_body(cx);
+            if !self.writable || self.output.is_empty() {
+                break;
+            }
             let mut slices: Vec<IoSlice> = Vec::with_capacity(16);
             self.output.slices(&mut slices);
             match net::write_vectored(&mut self.socket, &slices) {
@@ -627,6 +699,7 @@ impl Conn {
                     drop(slices);
                     cx.metrics.bytes_out += n as u64;
                     self.output.advance(n);
+                    self.last_write = cx.now;
                 }
                 Io::WouldBlock => self.writable = false,
                 Io::Closed => {
@@ -650,7 +723,10 @@ impl Conn {
     /// A lingering connection whose output is all out shuts its side of TCP, and is done once
     /// the peer has shut its side too.
     fn finish_linger(&mut self, cx: &mut Cx) {
-        if !matches!(self.phase, Phase::Closed { linger: true, .. }) || !self.output.is_empty() {
+        if !matches!(self.phase, Phase::Closed { linger: true, .. })
+            || !self.output.is_empty()
+            || self.body.is_some()
+        {
             return;
         }
         if !self.write_shut {
@@ -688,8 +764,18 @@ impl Conn {
                 since,
                 linger: true,
                 ..
-            } => Some(since + cfg.close_timeout),
+            } => Some(self.linger_deadline(since, cfg)),
             Phase::Closed { linger: false, .. } => None,
+        }
+    }
+
+    /// A lingering connection gets the close timeout; one still sending a file gets the idle
+    /// timeout since the socket last took bytes, so a long download of a slow reader goes on.
+    fn linger_deadline(&self, since: Instant, cfg: &Config) -> Instant {
+        if self.body.is_some() {
+            self.last_write.max(since) + cfg.idle_timeout
+        } else {
+            since + cfg.close_timeout
         }
     }
 
@@ -730,7 +816,7 @@ impl Conn {
                 since,
                 linger: true,
                 ..
-            } if now >= since + cfg.close_timeout => {
+            } if now >= self.linger_deadline(since, cfg) => {
                 self.advance(Step::Gone(CloseReason::CloseTimeout), cx);
             }
             _ => {}

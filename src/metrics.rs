@@ -103,6 +103,8 @@ pub struct Metrics {
     pub handshake_failures: BTreeMap<u16, u64>,
     /// Pings sent by the heartbeat.
     pub pings_sent: u64,
+    /// File bytes read from disk for downloads.
+    pub file_bytes_downloaded: u64,
 }
 
 /// Values read off the server at the moment of rendering.
@@ -232,6 +234,12 @@ impl Metrics {
             "counter",
             "Heartbeat pings sent to silent peers.",
             self.pings_sent,
+        );
+        one(
+            "chatd_file_bytes_downloaded_total",
+            "counter",
+            "File bytes sent in downloads.",
+            self.file_bytes_downloaded,
         );
         let _ = writeln!(out, "# HELP chatd_connections_closed_total Connections ended, by reason.\n# TYPE chatd_connections_closed_total counter");
         for reason in CloseReason::ALL {

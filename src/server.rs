@@ -27,12 +27,15 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::chat::hasher::Cost;
+use crate::chat::service::DownloadRefusal;
 use crate::chat::{Effect, Service, Settings};
 use crate::config::{Config, Registration, SyncMode};
 use crate::conn::{Conn, Cx, Pumped, Route, Step};
+use crate::http::download::{self, Range};
 use crate::http::{handshake, Request, Response};
 use crate::metrics::{CloseReason, Gauges, Metrics};
 use crate::net::{self, Accept};
+use crate::store::FileMeta;
 use crate::store::Store;
 use crate::timer::{TimerKey, Timers};
 use crate::ws::{CloseCode, Opcode};
@@ -402,6 +405,9 @@ impl Server {
                 None => Err(Response::status(404)),
             }
             .inspect_err(|r| self.metrics.handshake_failed(r.status))
+        } else if let Some(file_id) = req.path.strip_prefix("/files/") {
+            let file_id = file_id.to_string();
+            return self.download(key, &req, &file_id, now);
         } else {
             Err(self.plain(&req))
         };
@@ -433,6 +439,47 @@ impl Server {
         }
     }
 
+    /// `GET /files/{id}`: authorized by a bearer token or `?token=`, streamed from disk with
+    /// `Range` support.
+    fn download(&mut self, key: usize, req: &Request, file_id: &str, now: Instant) {
+        let head_only = req.method == "HEAD";
+        let refusal = |status: u16| Response::status(status);
+        let outcome = if req.method != "GET" && !head_only {
+            Err(refusal(405).with_header("Allow", "GET, HEAD"))
+        } else {
+            let token = bearer_token(req);
+            match self.service.authorize_download(token.as_deref(), file_id) {
+                Err(DownloadRefusal::Unauthenticated) => {
+                    Err(refusal(401).with_header("WWW-Authenticate", "Bearer"))
+                }
+                Err(DownloadRefusal::Forbidden) => Err(refusal(403)),
+                Err(DownloadRefusal::NotFound) => Err(refusal(404)),
+                Err(DownloadRefusal::Unavailable) => Err(refusal(503)),
+                Ok((meta, path)) => open_range(&path, &meta, req.header("range")),
+            }
+        };
+        let Server {
+            conns,
+            cfg,
+            metrics,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
+        let mut cx = Cx { cfg, metrics, now };
+        match outcome {
+            Ok((head, file, len)) => conn.respond_file(head, file, len, head_only, &mut cx),
+            Err(response) => {
+                debug!(
+                    "{}: {} {} -> {}",
+                    conn.peer, req.method, req.path, response.status
+                );
+                conn.respond(&response, head_only, &mut cx);
+            }
+        }
+    }
+
     /// The plain HTTP routes.
     fn plain(&self, req: &Request) -> Response {
         if req.method != "GET" && req.method != "HEAD" {
@@ -448,6 +495,7 @@ impl Server {
                 body: {
                     let mut text = self.metrics.render(&self.gauges());
                     self.service.render_metrics(&mut text);
+                    self.service.render_file_metrics(&mut text);
                     text.into_bytes()
                 },
             },
@@ -606,6 +654,49 @@ impl Server {
     }
 }
 
+/// The token of a download: `Authorization: Bearer TOKEN`, or `?token=TOKEN`.
+fn bearer_token(req: &Request) -> Option<String> {
+    if let Some(auth) = req.header("authorization") {
+        let (scheme, token) = auth.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
+    }
+    req.query.as_deref()?.split('&').find_map(|pair| {
+        pair.strip_prefix("token=")
+            .map(|t| t.replace("%2E", ".").replace("%2e", "."))
+    })
+}
+
+/// Opens a stored file for the requested range: the response head, the file positioned at the
+/// first byte, and the length to send; or the refusal (416 for a range outside the file).
+fn open_range(
+    path: &std::path::Path,
+    meta: &FileMeta,
+    range: Option<&str>,
+) -> Result<(String, std::fs::File, u64), Response> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        warn!("stored file {} unreadable: {e}", meta.id);
+        Response::status(404)
+    })?;
+    let size = meta.size;
+    let range = download::parse_range(range, size);
+    let (start, len) = match range {
+        Range::Unsatisfiable => {
+            return Err(
+                Response::status(416).with_header("Content-Range", format!("bytes */{size}"))
+            )
+        }
+        Range::Part { start, end } => (start, end - start + 1),
+        Range::Full => (0, size),
+    };
+    file.seek(SeekFrom::Start(start))
+        .map_err(|_| Response::status(500))?;
+    let (_, head) = download::head(range, size, meta.mime.as_deref(), &meta.name);
+    Ok((head, file, len))
+}
+
 /// The chat service's settings from the configuration.
 fn settings(cfg: &Config) -> Settings {
     Settings {
@@ -626,6 +717,8 @@ fn settings(cfg: &Config) -> Settings {
         recovery_limit: cfg.recovery_limit,
         typing_rate: cfg.typing_rate,
         typing_burst: cfg.typing_burst,
+        files_dir: crate::chat::upload::files_dir(&cfg.data_dir),
+        max_file_size: cfg.max_file_size,
     }
 }
 

@@ -10,7 +10,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -38,7 +38,7 @@ fn release_binary() -> PathBuf {
     target.join("release").join("chatd")
 }
 
-fn start(binary: &PathBuf, dir: &DataDir) -> Server {
+fn start(binary: &Path, dir: &DataDir) -> Server {
     let mut args = vec!["--data-dir", dir.path().to_str().unwrap()];
     args.extend_from_slice(FAST);
     args.extend_from_slice(&[
@@ -86,7 +86,7 @@ fn acknowledged_messages_survive_sigkill() {
     }
 }
 
-fn crash_round(binary: &PathBuf, round: usize) {
+fn crash_round(binary: &Path, round: usize) {
     let dir = DataDir::new("crash");
     let names: Vec<String> = (0..CLIENTS).map(|i| format!("user{i}")).collect();
     let mut server = start(binary, &dir);

@@ -135,6 +135,21 @@ pub enum Command {
         /// Page size (default 50, at most 100).
         limit: Option<i64>,
     },
+    /// Start an upload: the next `size` bytes of binary frames are the file.
+    #[serde(rename = "file.upload")]
+    FileUpload {
+        /// `@user` or `#group`.
+        to: String,
+        /// The file's name (metadata only).
+        name: String,
+        /// Exact size in bytes.
+        size: u64,
+        /// Media type.
+        mime: Option<String>,
+    },
+    /// Drop the upload in progress.
+    #[serde(rename = "file.cancel")]
+    FileCancel,
     /// Replay what was missed since a msg_id, as at login.
     #[serde(rename = "sync")]
     Sync {

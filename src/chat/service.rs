@@ -23,9 +23,11 @@ use super::names::{valid_name, valid_password};
 use super::permissions::{self, Action, Actor, Denied};
 use super::protocol::{self, Command, ErrorCode, Failure, Request};
 use super::ratelimit::Bucket;
+use super::upload::{self, Upload, WriteError};
 use crate::metrics::CloseReason;
 use crate::store::{
-    Group, GroupId, NewMessage, Role, Store, StoreError, StoredMessage, Target, User, UserId,
+    FileMeta, Group, GroupId, NewMessage, Role, Store, StoreError, StoredMessage, Target, User,
+    UserId,
 };
 use crate::ws::{frame, CloseCode, Opcode};
 
@@ -79,6 +81,10 @@ pub struct Settings {
     pub typing_rate: f64,
     /// `typing` per connection in a burst.
     pub typing_burst: f64,
+    /// Where uploaded files are stored.
+    pub files_dir: std::path::PathBuf,
+    /// Largest file, in bytes.
+    pub max_file_size: u64,
 }
 
 /// Who a connection is logged in as.
@@ -104,10 +110,29 @@ struct Session {
     in_batch: usize,
     /// Requests that arrived while an earlier one waits (for the password worker or a
     /// commit), already parsed.
-    held: VecDeque<Parsed>,
+    held: VecDeque<Inbound>,
+    /// The upload in progress, with the id of its `file.upload` request.
+    upload: Option<(Upload, PendingUpload)>,
 }
 
 type Parsed = Result<Request, (Option<Value>, Failure)>;
+
+/// A message from a connection: a request, or bytes of the upload in progress.
+#[derive(Debug)]
+enum Inbound {
+    Request(Parsed),
+    Bytes(Vec<u8>),
+}
+
+/// Where an upload goes, known from its `file.upload`.
+#[derive(Debug, Clone)]
+struct PendingUpload {
+    id: Option<Value>,
+    to: String,
+    target: Target,
+    sender: UserId,
+    from: String,
+}
 
 /// A `send` accepted in this iteration, waiting for the commit.
 #[derive(Debug)]
@@ -122,6 +147,8 @@ struct Accepted {
     dup: Option<(i64, i64)>,
     /// For a duplicate of a message in the same batch: its index there.
     dup_of: Option<usize>,
+    /// A finished upload: answered with `file.done` rather than `ok`.
+    file_done: bool,
 }
 
 /// Counters of the messaging path, rendered into `/metrics`.
@@ -145,6 +172,17 @@ pub struct ChatMetrics {
     pub commit_latency: [u64; COMMIT_BUCKETS_US.len() + 1],
     /// Sum of commit latencies, microseconds.
     pub commit_latency_sum_us: u64,
+}
+
+/// Counters of file uploads.
+#[derive(Debug, Default)]
+pub struct FileMetrics {
+    /// Bytes written to upload files.
+    pub bytes_uploaded: u64,
+    /// Uploads completed and stored.
+    pub uploads: u64,
+    /// Failed or abandoned uploads, by reason.
+    pub failures: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Upper bounds (microseconds) of the commit latency histogram's buckets.
@@ -192,6 +230,8 @@ pub struct Service {
     replay: Option<(ConnId, UserId, i64)>,
     /// Messaging counters.
     pub metrics: ChatMetrics,
+    /// Upload counters.
+    pub file_metrics: FileMetrics,
 }
 
 type Reply = Result<Value, Failure>;
@@ -233,6 +273,10 @@ impl Service {
             }
         }
         let next_msg_id = store.last_message_id().unwrap_or(0) + 1;
+        let partials = upload::remove_partials(&settings.files_dir);
+        if partials > 0 {
+            info!("removed {partials} partial uploads left by an earlier run");
+        }
         Service {
             store,
             hasher: Hasher::new(settings.argon2, waker),
@@ -249,6 +293,7 @@ impl Service {
             members_cache: HashMap::new(),
             replay: None,
             metrics: ChatMetrics::default(),
+            file_metrics: FileMetrics::default(),
         }
     }
 
@@ -280,6 +325,7 @@ impl Service {
                 busy: None,
                 in_batch: 0,
                 held: VecDeque::new(),
+                upload: None,
             },
         );
     }
@@ -287,6 +333,10 @@ impl Service {
     /// A `/ws` connection left the open phase.
     pub fn close(&mut self, conn: ConnId) {
         if let Some(session) = self.sessions.remove(&conn) {
+            if let Some((up, _)) = session.upload {
+                up.abort();
+                self.upload_failed("disconnect");
+            }
             if let Some(identity) = session.identity {
                 self.set_offline(conn, &identity.user.name);
             }
@@ -299,63 +349,73 @@ impl Service {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if !session
-            .bucket
-            .take(settings.command_rate, settings.command_burst, now)
-        {
-            session.strikes += 1;
-            if session.strikes > settings.rate_strikes {
-                debug!(
-                    "conn {conn}: rate limit exceeded {} times, closing",
-                    session.strikes
-                );
-                self.out
-                    .push(Effect::Close(conn, CloseCode::POLICY, CloseReason::Policy));
-                return;
-            }
-            let id = protocol::parse(&data).map_or_else(|(id, _)| id, |r| r.id);
-            self.reply(
-                conn,
-                &id,
-                fail(ErrorCode::RateLimited, "too many requests, slow down"),
-            );
-            return;
-        }
-        session.strikes = 0;
-        let parsed: Parsed = if opcode == Opcode::Binary {
-            Err((
-                None,
-                Failure::new(
-                    ErrorCode::BadRequest,
-                    "binary frames carry file uploads only",
-                ),
-            ))
+        // Upload bytes are not commands: the upload's declared size bounds them.
+        let uploading = session.upload.is_some()
+            || session.held.iter().any(|h| {
+                matches!(
+                    h,
+                    Inbound::Request(Ok(Request {
+                        command: Command::FileUpload { .. },
+                        ..
+                    }))
+                )
+            });
+        let inbound = if opcode == Opcode::Binary && uploading {
+            Inbound::Bytes(data)
         } else {
-            protocol::parse(&data)
-        };
-        // A reply still owed (a password check, or sends waiting for the commit) keeps later
-        // requests waiting, so replies come in request order. Sends may join the batch.
-        let joins_batch = matches!(
-            &parsed,
-            Ok(Request {
-                command: Command::Send { .. },
-                ..
-            })
-        );
-        if session.busy.is_some() || (session.in_batch > 0 && !joins_batch) {
-            if session.held.len() >= MAX_HELD {
-                let id = parsed.map_or_else(|(id, _)| id, |r| r.id);
+            if !session
+                .bucket
+                .take(settings.command_rate, settings.command_burst, now)
+            {
+                session.strikes += 1;
+                if session.strikes > settings.rate_strikes {
+                    debug!(
+                        "conn {conn}: rate limit exceeded {} times, closing",
+                        session.strikes
+                    );
+                    self.out
+                        .push(Effect::Close(conn, CloseCode::POLICY, CloseReason::Policy));
+                    return;
+                }
+                let id = protocol::parse(&data).map_or_else(|(id, _)| id, |r| r.id);
                 self.reply(
                     conn,
                     &id,
-                    fail(ErrorCode::RateLimited, "too many requests waiting"),
+                    fail(ErrorCode::RateLimited, "too many requests, slow down"),
                 );
+                return;
+            }
+            session.strikes = 0;
+            Inbound::Request(if opcode == Opcode::Binary {
+                Err((
+                    None,
+                    Failure::new(
+                        ErrorCode::BadRequest,
+                        "binary frames carry file uploads only",
+                    ),
+                ))
             } else {
-                session.held.push_back(parsed);
+                protocol::parse(&data)
+            })
+        };
+        // A reply still owed (a password check, or sends waiting for the commit) keeps later
+        // requests waiting, so replies come in request order. Sends may join the batch.
+        if !session.held.is_empty() || must_wait(session, &inbound) {
+            if session.held.len() >= MAX_HELD {
+                if let Inbound::Request(parsed) = inbound {
+                    let id = parsed.map_or_else(|(id, _)| id, |r| r.id);
+                    self.reply(
+                        conn,
+                        &id,
+                        fail(ErrorCode::RateLimited, "too many requests waiting"),
+                    );
+                }
+            } else {
+                session.held.push_back(inbound);
             }
             return;
         }
-        self.handle(conn, parsed, now);
+        self.handle(conn, inbound, now);
     }
 
     /// The password worker has results: finish the requests that waited for them.
@@ -372,7 +432,11 @@ impl Service {
     // Dispatch
     // ------------------------------------------------------------------------------------
 
-    fn handle(&mut self, conn: ConnId, parsed: Parsed, now: Instant) {
+    fn handle(&mut self, conn: ConnId, inbound: Inbound, now: Instant) {
+        let parsed = match inbound {
+            Inbound::Request(parsed) => parsed,
+            Inbound::Bytes(bytes) => return self.upload_bytes(conn, &bytes),
+        };
         let req = match parsed {
             Ok(req) => req,
             Err((id, failure)) => {
@@ -410,7 +474,7 @@ impl Service {
                 },
                 Some(me),
             ) => self.send(conn, &id, &me, &to, text, client_id),
-            (command, Some(me)) => self.authenticated(conn, &me, command, now),
+            (command, Some(me)) => self.authenticated(conn, &id, &me, command, now),
         };
         // `None`: the reply comes later, from the password worker or the commit.
         if let Some(result) = result.transpose() {
@@ -424,6 +488,7 @@ impl Service {
     fn authenticated(
         &mut self,
         conn: ConnId,
+        id: &Option<Value>,
         me: &Identity,
         command: Command,
         now: Instant,
@@ -439,6 +504,15 @@ impl Service {
                 self.replay = Some((conn, me.user.id, since));
                 Ok(json!({}))
             }
+            Command::FileUpload {
+                to,
+                name,
+                size,
+                mime,
+            } => {
+                return self.file_upload(conn, id, me, &to, name, size, mime);
+            }
+            Command::FileCancel => self.file_cancel(conn),
             Command::Logout => self.logout(conn, me),
             Command::Whoami => Ok(json!({
                 "user": me.user.name,
@@ -673,11 +747,22 @@ impl Service {
         token: &str,
         since: Option<i64>,
     ) -> Result<Option<Value>, Failure> {
+        let identity = self.resolve_token(token)?;
+        let name = identity.user.name.clone();
+        if let Some(since) = since {
+            self.replay = Some((conn, identity.user.id, since));
+        }
+        self.set_identity(conn, identity);
+        Ok(Some(json!({ "user": name })))
+    }
+
+    /// The user a session token or JWT stands for.
+    fn resolve_token(&mut self, token: &str) -> Result<Identity, Failure> {
         let refused = || Failure::new(ErrorCode::Unauthenticated, "invalid or expired token");
-        let identity = match (&self.settings.jwt_secret, auth::looks_like_jwt(token)) {
+        match (&self.settings.jwt_secret, auth::looks_like_jwt(token)) {
             (Some(secret), true) => {
                 let name = auth::verify_jwt(token, secret, now_ms()).map_err(|e| {
-                    debug!("conn {conn}: JWT refused: {e:?}");
+                    debug!("JWT refused: {e:?}");
                     refused()
                 })?;
                 let user = match self.store.user(&name)? {
@@ -699,10 +784,10 @@ impl Service {
                         }
                     }
                 };
-                Identity {
+                Ok(Identity {
                     user,
                     token_hash: None,
-                }
+                })
             }
             _ => {
                 let hash = auth::token_hash(token);
@@ -710,18 +795,12 @@ impl Service {
                     .store
                     .session_user(&hash, now_ms())?
                     .ok_or_else(refused)?;
-                Identity {
+                Ok(Identity {
                     user,
                     token_hash: Some(hash),
-                }
+                })
             }
-        };
-        let name = identity.user.name.clone();
-        if let Some(since) = since {
-            self.replay = Some((conn, identity.user.id, since));
         }
-        self.set_identity(conn, identity);
-        Ok(Some(json!({ "user": name })))
     }
 
     fn logout(&mut self, conn: ConnId, me: &Identity) -> Reply {
@@ -992,8 +1071,11 @@ impl Service {
         let actor = self.actor(me, &group)?;
         Self::allow(actor, Action::Delete)?;
         let members = self.store.members(group.id)?;
-        self.store.delete_group(group.id)?;
+        let files = self.store.delete_group(group.id)?;
         self.members_cache.remove(&group.id);
+        for id in files {
+            let _ = std::fs::remove_file(upload::path_of(&self.settings.files_dir, &id));
+        }
         let event = protocol::event(
             "group.deleted",
             json!({ "group": group.name, "by": me.user.name }),
@@ -1161,6 +1243,7 @@ impl Service {
             message: None,
             dup: None,
             dup_of: None,
+            file_done: false,
         };
         if let Some(cid) = &client_id {
             // A retry: answer with the first copy, deliver nothing.
@@ -1185,6 +1268,7 @@ impl Service {
                 text,
                 ts: now_ms(),
                 client_id,
+                file: None,
             });
         }
         self.batch.push(accepted);
@@ -1218,6 +1302,13 @@ impl Service {
                 Err(e) => {
                     let failure: Failure = e.into();
                     for a in &batch {
+                        if let Some(f) = a.message.as_ref().and_then(|m| m.file.as_ref()) {
+                            let _ = std::fs::remove_file(upload::path_of(
+                                &self.settings.files_dir,
+                                &f.id,
+                            ));
+                            self.upload_failed("storage");
+                        }
                         self.reply(a.conn, &a.id, Err(failure.clone()));
                     }
                 }
@@ -1247,7 +1338,21 @@ impl Service {
                 }
                 (None, None, None) => unreachable!("a batch entry is a message or a duplicate"),
             };
-            self.reply(a.conn, &a.id, Ok(json!({ "msg_id": msg_id, "ts": ts })));
+            if a.file_done {
+                let file_id = a
+                    .message
+                    .as_ref()
+                    .and_then(|m| m.file.as_ref())
+                    .map(|f| f.id.clone());
+                let done = protocol::event(
+                    "file.done",
+                    json!({ "file_id": file_id, "msg_id": msg_id, "ts": ts }),
+                );
+                self.out.push(Effect::Send(a.conn, text_frame(&done)));
+                self.file_metrics.uploads += 1;
+            } else {
+                self.reply(a.conn, &a.id, Ok(json!({ "msg_id": msg_id, "ts": ts })));
+            }
             let Some(m) = &a.message else {
                 self.metrics.deduplicated += 1;
                 continue;
@@ -1270,6 +1375,9 @@ impl Service {
             if let Some(cid) = &m.client_id {
                 event["client_id"] = json!(cid);
             }
+            if let Some(f) = &m.file {
+                event["file"] = file_json(f);
+            }
             self.metrics.delivered += conns.len() as u64;
             self.broadcast(conns, &protocol::event("message", event));
         }
@@ -1281,14 +1389,10 @@ impl Service {
             if s.busy.is_some() {
                 return;
             }
-            let is_send = matches!(
-                s.held.front(),
-                Some(Ok(Request {
-                    command: Command::Send { .. },
-                    ..
-                }))
-            );
-            if s.in_batch > 0 && !is_send {
+            if s.held
+                .front()
+                .is_some_and(|h| s.in_batch > 0 && !joins_batch(h))
+            {
                 return;
             }
             let Some(next) = s.held.pop_front() else {
@@ -1463,5 +1567,275 @@ fn message_json(m: &StoredMessage) -> Value {
     if let Some(cid) = &m.client_id {
         v["client_id"] = json!(cid);
     }
+    if let Some(f) = &m.file {
+        v["file"] = file_json(f);
+    }
     v
+}
+
+/// The `file` field of a message.
+fn file_json(f: &FileMeta) -> Value {
+    json!({ "id": f.id, "name": f.name, "size": f.size, "mime": f.mime })
+}
+
+/// Whether a request can join the current batch instead of waiting for its commit.
+fn joins_batch(inbound: &Inbound) -> bool {
+    matches!(
+        inbound,
+        Inbound::Bytes(_)
+            | Inbound::Request(Ok(Request {
+                command: Command::Send { .. },
+                ..
+            }))
+    )
+}
+
+/// Whether a connection's new message must wait behind a reply still owed.
+fn must_wait(session: &Session, inbound: &Inbound) -> bool {
+    session.busy.is_some() || (session.in_batch > 0 && !joins_batch(inbound))
+}
+
+/// Why a download is refused, as an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadRefusal {
+    /// No valid token: 401.
+    Unauthenticated,
+    /// Not a participant of the conversation: 403.
+    Forbidden,
+    /// No such file: 404.
+    NotFound,
+    /// The store failed: 503.
+    Unavailable,
+}
+
+impl Service {
+    // ------------------------------------------------------------------------------------
+    // Files
+    // ------------------------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn file_upload(
+        &mut self,
+        conn: ConnId,
+        id: &Option<Value>,
+        me: &Identity,
+        to: &str,
+        name: String,
+        size: u64,
+        mime: Option<String>,
+    ) -> Result<Option<Value>, Failure> {
+        if self.sessions.get(&conn).is_some_and(|s| s.upload.is_some()) {
+            return fail(
+                ErrorCode::Conflict,
+                "an upload is already in progress on this connection",
+            );
+        }
+        let conversation = self.conversation(me, to)?;
+        if size > self.settings.max_file_size {
+            return fail(
+                ErrorCode::TooLarge,
+                format!("files are at most {} bytes", self.settings.max_file_size),
+            );
+        }
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return fail(
+                ErrorCode::BadRequest,
+                "name is 1-255 bytes without control characters",
+            );
+        }
+        if mime
+            .as_deref()
+            .is_some_and(|m| !crate::http::download::valid_mime(m))
+        {
+            return fail(ErrorCode::BadRequest, "mime is a media type like image/png");
+        }
+        let up = Upload::start(&self.settings.files_dir, name, mime, size).map_err(|e| {
+            warn!("upload could not start: {e}");
+            self.upload_failed("io");
+            Failure::new(ErrorCode::Unavailable, "cannot store files right now")
+        })?;
+        let file_id = up.id.clone();
+        let pending = PendingUpload {
+            id: id.clone(),
+            to: conversation.address,
+            target: conversation.target,
+            sender: me.user.id,
+            from: me.user.name.clone(),
+        };
+        if up.is_complete() {
+            // An empty file: stored now; its file.done follows this ok after the commit.
+            self.finish_upload(conn, up, pending);
+        } else if let Some(s) = self.sessions.get_mut(&conn) {
+            s.upload = Some((up, pending));
+        }
+        Ok(Some(json!({ "file_id": file_id })))
+    }
+
+    fn file_cancel(&mut self, conn: ConnId) -> Reply {
+        match self.sessions.get_mut(&conn).and_then(|s| s.upload.take()) {
+            Some((up, _)) => {
+                up.abort();
+                self.upload_failed("cancelled");
+                Ok(json!({}))
+            }
+            None => fail(ErrorCode::NotFound, "no upload in progress"),
+        }
+    }
+
+    /// Bytes of the upload in progress.
+    fn upload_bytes(&mut self, conn: ConnId, bytes: &[u8]) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let Some((up, pending)) = session.upload.as_mut() else {
+            self.reply(
+                conn,
+                &None,
+                fail(
+                    ErrorCode::BadRequest,
+                    "binary frames carry file uploads only",
+                ),
+            );
+            return;
+        };
+        match up.write(bytes) {
+            Ok(false) => self.file_metrics.bytes_uploaded += bytes.len() as u64,
+            Ok(true) => {
+                self.file_metrics.bytes_uploaded += bytes.len() as u64;
+                let (up, pending) = session.upload.take().expect("checked above");
+                self.finish_upload(conn, up, pending);
+            }
+            Err(e) => {
+                let id = pending.id.clone();
+                let (up, _) = session.upload.take().expect("checked above");
+                let size = up.size;
+                up.abort();
+                let failure = match e {
+                    WriteError::Overrun => {
+                        self.upload_failed("overrun");
+                        Failure::new(
+                            ErrorCode::TooLarge,
+                            format!("more bytes than the declared size ({size}); upload dropped"),
+                        )
+                    }
+                    WriteError::Io(e) => {
+                        warn!("upload write failed: {e}");
+                        self.upload_failed("io");
+                        Failure::new(
+                            ErrorCode::Unavailable,
+                            "the file could not be stored; upload dropped",
+                        )
+                    }
+                };
+                self.reply(conn, &id, Err(failure));
+            }
+        }
+    }
+
+    /// All bytes are in: sync the file and post its message in the batch.
+    fn finish_upload(&mut self, conn: ConnId, up: Upload, pending: PendingUpload) {
+        let meta = match up.finish() {
+            Ok(meta) => meta,
+            Err(e) => {
+                warn!("upload could not be synced: {e}");
+                self.upload_failed("io");
+                self.reply(
+                    conn,
+                    &pending.id,
+                    fail(ErrorCode::Unavailable, "the file could not be stored"),
+                );
+                return;
+            }
+        };
+        let msg_id = self.next_msg_id;
+        self.next_msg_id += 1;
+        self.batch.push(Accepted {
+            conn,
+            id: pending.id,
+            from: pending.from,
+            to: pending.to,
+            message: Some(NewMessage {
+                id: msg_id,
+                sender: pending.sender,
+                to: pending.target,
+                text: String::new(),
+                ts: now_ms(),
+                client_id: None,
+                file: Some(meta),
+            }),
+            dup: None,
+            dup_of: None,
+            file_done: true,
+        });
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.in_batch += 1;
+        }
+    }
+
+    fn upload_failed(&mut self, reason: &'static str) {
+        *self.file_metrics.failures.entry(reason).or_default() += 1;
+    }
+
+    /// Uploads in progress.
+    pub fn uploads_in_progress(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.upload.is_some())
+            .count()
+    }
+
+    /// Checks a download: the token's user must take part in the conversation the file was
+    /// posted to. Returns the metadata and the path of the bytes.
+    pub fn authorize_download(
+        &mut self,
+        token: Option<&str>,
+        file_id: &str,
+    ) -> Result<(FileMeta, std::path::PathBuf), DownloadRefusal> {
+        let token = token.ok_or(DownloadRefusal::Unauthenticated)?;
+        let user = self
+            .resolve_token(token)
+            .map_err(|f| match f.code {
+                ErrorCode::Unavailable => DownloadRefusal::Unavailable,
+                _ => DownloadRefusal::Unauthenticated,
+            })?
+            .user;
+        if !upload::valid_file_id(file_id) {
+            return Err(DownloadRefusal::NotFound);
+        }
+        let record = self
+            .store
+            .file(file_id)
+            .map_err(|_| DownloadRefusal::Unavailable)?
+            .ok_or(DownloadRefusal::NotFound)?;
+        let allowed = match record.to {
+            Target::Group(g) => self
+                .store
+                .role(g, user.id)
+                .map_err(|_| DownloadRefusal::Unavailable)?
+                .is_some(),
+            Target::Direct(recipient) => user.id == record.sender || user.id == recipient,
+        };
+        if !allowed {
+            return Err(DownloadRefusal::Forbidden);
+        }
+        let path = upload::path_of(&self.settings.files_dir, &record.meta.id);
+        Ok((record.meta, path))
+    }
+
+    /// The file counters in Prometheus text format.
+    pub fn render_file_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let m = &self.file_metrics;
+        let _ = writeln!(out, "# HELP chatd_file_bytes_uploaded_total Bytes received in uploads.\n# TYPE chatd_file_bytes_uploaded_total counter\nchatd_file_bytes_uploaded_total {}", m.bytes_uploaded);
+        let _ = writeln!(out, "# HELP chatd_file_uploads_total Uploads completed and stored.\n# TYPE chatd_file_uploads_total counter\nchatd_file_uploads_total {}", m.uploads);
+        let _ = writeln!(out, "# HELP chatd_file_uploads_in_progress Uploads in progress.\n# TYPE chatd_file_uploads_in_progress gauge\nchatd_file_uploads_in_progress {}", self.uploads_in_progress());
+        let _ = writeln!(out, "# HELP chatd_file_upload_failures_total Uploads that failed or were dropped, by reason.\n# TYPE chatd_file_upload_failures_total counter");
+        for reason in ["cancelled", "disconnect", "overrun", "io", "storage"] {
+            let _ = writeln!(
+                out,
+                "chatd_file_upload_failures_total{{reason=\"{reason}\"}} {}",
+                m.failures.get(reason).copied().unwrap_or(0)
+            );
+        }
+    }
 }

@@ -129,6 +129,34 @@ pub struct NewMessage {
     pub ts: i64,
     /// The sender's deduplication key.
     pub client_id: Option<String>,
+    /// A file posted with the message.
+    pub file: Option<FileMeta>,
+}
+
+/// A stored file's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// The file's id (its name on disk).
+    pub id: String,
+    /// The name the uploader gave (metadata only, never a path).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Media type the uploader gave.
+    pub mime: Option<String>,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+}
+
+/// A file and the conversation it was posted to, for access checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// The metadata.
+    pub meta: FileMeta,
+    /// Who posted it.
+    pub sender: UserId,
+    /// Where it was posted.
+    pub to: Target,
 }
 
 /// A conversation.
@@ -155,6 +183,8 @@ pub struct StoredMessage {
     pub ts: i64,
     /// The sender's deduplication key, if it gave one.
     pub client_id: Option<String>,
+    /// The file posted with the message, if any.
+    pub file: Option<FileMeta>,
 }
 
 /// The name of the direct conversation between two users, whoever speaks.
@@ -162,9 +192,11 @@ fn pair(a: UserId, b: UserId) -> String {
     format!("{}:{}", a.min(b), a.max(b))
 }
 
-const MESSAGE_COLUMNS: &str = "SELECT m.id, s.name, g.name, r.name, m.text, m.ts, m.client_id
+const MESSAGE_COLUMNS: &str = "SELECT m.id, s.name, g.name, r.name, m.text, m.ts, m.client_id,
+            f.id, f.name, f.size, f.mime, f.sha256
      FROM messages m JOIN users s ON s.id = m.sender
-     LEFT JOIN groups g ON g.id = m.group_id LEFT JOIN users r ON r.id = m.recipient";
+     LEFT JOIN groups g ON g.id = m.group_id LEFT JOIN users r ON r.id = m.recipient
+     LEFT JOIN files f ON f.msg_id = m.id";
 
 fn message_row(r: &rusqlite::Row) -> rusqlite::Result<StoredMessage> {
     let group: Option<String> = r.get(2)?;
@@ -181,6 +213,16 @@ fn message_row(r: &rusqlite::Row) -> rusqlite::Result<StoredMessage> {
         text: r.get(4)?,
         ts: r.get(5)?,
         client_id: r.get(6)?,
+        file: match r.get::<_, Option<String>>(7)? {
+            Some(id) => Some(FileMeta {
+                id,
+                name: r.get(8)?,
+                size: r.get::<_, i64>(9)? as u64,
+                mime: r.get(10)?,
+                sha256: r.get(11)?,
+            }),
+            None => None,
+        },
     })
 }
 
@@ -329,12 +371,49 @@ impl Store {
             .optional()?)
     }
 
-    /// Deletes a group with its memberships, bans and invitations.
-    pub fn delete_group(&self, group: GroupId) -> Result<()> {
+    /// Deletes a group with its memberships, bans, invitations and history; returns the ids of
+    /// the files that were posted to it, whose bytes the caller removes.
+    pub fn delete_group(&self, group: GroupId) -> Result<Vec<String>> {
+        let files: Vec<String> = self
+            .db
+            .prepare_cached(
+                "SELECT f.id FROM files f JOIN messages m ON m.id = f.msg_id WHERE m.group_id = ?1",
+            )?
+            .query_map(params![group], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         self.db
             .prepare_cached("DELETE FROM groups WHERE id = ?1")?
             .execute(params![group])?;
-        Ok(())
+        Ok(files)
+    }
+
+    /// A file's metadata and where it was posted.
+    pub fn file(&self, id: &str) -> Result<Option<FileRecord>> {
+        Ok(self
+            .db
+            .prepare_cached(
+                "SELECT f.id, f.name, f.size, f.mime, f.sha256, m.sender, m.group_id, m.recipient
+                 FROM files f JOIN messages m ON m.id = f.msg_id WHERE f.id = ?1",
+            )?
+            .query_row(params![id], |r| {
+                let group: Option<GroupId> = r.get(6)?;
+                let recipient: Option<UserId> = r.get(7)?;
+                Ok(FileRecord {
+                    meta: FileMeta {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        mime: r.get(3)?,
+                        sha256: r.get(4)?,
+                    },
+                    sender: r.get(5)?,
+                    to: match (group, recipient) {
+                        (Some(g), _) => Target::Group(g),
+                        (None, r) => Target::Direct(r.unwrap_or_default()),
+                    },
+                })
+            })
+            .optional()?)
     }
 
     /// A user's role in a group, if a member.
@@ -501,6 +580,13 @@ impl Store {
                     m.ts,
                     m.client_id
                 ])?;
+            }
+            let mut files = tx.prepare_cached(
+                "INSERT INTO files (id, msg_id, name, size, mime, sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (m, f) in batch.iter().filter_map(|m| m.file.as_ref().map(|f| (m, f))) {
+                files.execute(params![f.id, m.id, f.name, f.size as i64, f.mime, f.sha256])?;
             }
         }
         tx.commit()?;
@@ -682,6 +768,7 @@ mod tests {
             text: format!("m{id}"),
             ts: id,
             client_id: None,
+            file: None,
         };
         s.insert_messages(&[
             msg(1, Target::Group(g)),

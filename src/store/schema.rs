@@ -62,6 +62,17 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX messages_by_recipient ON messages(recipient, id) WHERE recipient IS NOT NULL;
     CREATE INDEX messages_direct_by_sender ON messages(sender, id) WHERE recipient IS NOT NULL;
     CREATE UNIQUE INDEX messages_dedupe ON messages(sender, client_id) WHERE client_id IS NOT NULL;",
+    // 3: files posted to conversations. The bytes live under the data dir by `id`; this is their
+    // metadata, stored with the message that carries the file.
+    "CREATE TABLE files (
+        id          TEXT PRIMARY KEY,
+        msg_id      INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        mime        TEXT,
+        sha256      TEXT NOT NULL
+    );
+    CREATE INDEX files_by_message ON files(msg_id);",
 ];
 
 /// Brings the database up to the latest version, one transaction per step.

@@ -88,6 +88,11 @@ impl Client {
         }
     }
 
+    /// Sends a binary frame.
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws.send(Message::binary(bytes.to_vec())).expect("send");
+    }
+
     /// Sends a raw text frame.
     pub fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).expect("send");

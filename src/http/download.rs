@@ -1,0 +1,244 @@
+//! The pieces of a file download that are pure functions: `Range` (RFC 9110 14.2),
+//! `Content-Disposition` (RFC 6266, with RFC 8187 for non-ASCII names) and the response head.
+
+use std::fmt::Write;
+
+/// What a `Range` header asks of a representation of `size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// No range, or one this server ignores (several ranges, malformed): the whole file, 200.
+    Full,
+    /// Bytes `start..=end`: 206.
+    Part {
+        /// First byte.
+        start: u64,
+        /// Last byte, inclusive.
+        end: u64,
+    },
+    /// A valid range that misses the file: 416.
+    Unsatisfiable,
+}
+
+/// Interprets a `Range` header. RFC 9110 14.2: a server "MAY ignore the Range header field", so
+/// anything but a single well-formed byte range gets the whole file.
+pub fn parse_range(header: Option<&str>, size: u64) -> Range {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Range::Full;
+    };
+    if spec.contains(',') {
+        return Range::Full;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Range::Full;
+    };
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => match number(last) {
+            Some(0) => Range::Unsatisfiable,
+            Some(_) if size == 0 => Range::Unsatisfiable,
+            Some(n) => Range::Part {
+                start: size - n.min(size),
+                end: size - 1,
+            },
+            None => Range::Full,
+        },
+        // bytes=A-
+        (false, true) => match number(first) {
+            Some(a) if a >= size => Range::Unsatisfiable,
+            Some(a) => Range::Part {
+                start: a,
+                end: size - 1,
+            },
+            None => Range::Full,
+        },
+        // bytes=A-B
+        (false, false) => match (number(first), number(last)) {
+            (Some(a), Some(b)) if a > b => Range::Full,
+            (Some(a), Some(_)) if a >= size => Range::Unsatisfiable,
+            (Some(a), Some(b)) => Range::Part {
+                start: a,
+                end: b.min(size - 1),
+            },
+            _ => Range::Full,
+        },
+        (true, true) => Range::Full,
+    }
+}
+
+/// `Content-Disposition: attachment` with a file name that cannot break out of the header or
+/// name a path: an ASCII fallback in `filename` (quotes, backslashes, separators and controls
+/// replaced) and the exact name percent-encoded in `filename*` (RFC 8187).
+pub fn content_disposition(name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if !matches!(c, '"' | '\\' | '/' | '%' | ';') => c,
+            _ => '_',
+        })
+        .collect();
+    let mut encoded = String::with_capacity(name.len() * 3);
+    for b in name.bytes() {
+        // attr-char (RFC 8187 3.2.1) passes; everything else is %XX.
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            let _ = write!(encoded, "%{b:02X}");
+        }
+    }
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
+/// Whether a media type is safe to echo in `Content-Type`: `type/subtype` of token characters,
+/// optionally with parameters of the same.
+pub fn valid_mime(mime: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let mut parts = mime.split(';');
+    let Some((kind, sub)) = parts.next().and_then(|t| t.trim().split_once('/')) else {
+        return false;
+    };
+    mime.len() <= 127
+        && token(kind)
+        && token(sub)
+        && parts.all(|p| {
+            p.trim()
+                .split_once('=')
+                .is_some_and(|(k, v)| token(k.trim()) && token(v.trim()))
+        })
+}
+
+/// The response head of a download (status 200 or 206) for `len` bytes of a file of `size`.
+pub fn head(range: Range, size: u64, mime: Option<&str>, name: &str) -> (u16, String) {
+    let (status, len, content_range) = match range {
+        Range::Part { start, end } => (
+            206,
+            end - start + 1,
+            Some(format!("bytes {start}-{end}/{size}")),
+        ),
+        _ => (200, size, None),
+    };
+    let content_type = mime
+        .filter(|m| valid_mime(m))
+        .unwrap_or("application/octet-stream");
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nServer: chatd\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nContent-Disposition: {}\r\nX-Content-Type-Options: nosniff\r\nAccept-Ranges: bytes\r\nCache-Control: private, no-store\r\nConnection: close\r\n",
+        super::response::reason(status),
+        content_disposition(name),
+    );
+    if let Some(cr) = content_range {
+        head.push_str("Content-Range: ");
+        head.push_str(&cr);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    (status, head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let size = 1000;
+        assert_eq!(parse_range(None, size), Range::Full);
+        assert_eq!(
+            parse_range(Some("bytes=0-99"), size),
+            Range::Part { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=500-"), size),
+            Range::Part {
+                start: 500,
+                end: 999
+            }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-100"), size),
+            Range::Part {
+                start: 900,
+                end: 999
+            }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-5000"), size),
+            Range::Part { start: 0, end: 999 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=990-2000"), size),
+            Range::Part {
+                start: 990,
+                end: 999
+            }
+        );
+        assert_eq!(parse_range(Some("bytes=1000-"), size), Range::Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=1000-1001"), size),
+            Range::Unsatisfiable
+        );
+        assert_eq!(parse_range(Some("bytes=-0"), size), Range::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-1"), 0), Range::Unsatisfiable);
+        // ignored: the whole file
+        assert_eq!(parse_range(Some("bytes=5-1"), size), Range::Full);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), size), Range::Full);
+        assert_eq!(parse_range(Some("items=0-1"), size), Range::Full);
+        assert_eq!(parse_range(Some("bytes=a-b"), size), Range::Full);
+        assert_eq!(parse_range(Some("bytes=-"), size), Range::Full);
+        assert_eq!(parse_range(Some("bytes=+1-2"), size), Range::Full);
+    }
+
+    #[test]
+    fn disposition_is_safe() {
+        let d = content_disposition("../../etc/pa\"ss\\wd\r\n.txt");
+        assert!(
+            d.starts_with("attachment; filename=\".._.._etc_pa_ss_wd__.txt\"; "),
+            "{d}"
+        );
+        assert!(!d.contains('\r') && !d.contains('\n'));
+        let quoted = d.split('"').nth(1).unwrap();
+        assert!(!quoted.contains('/') && !quoted.contains('\\'));
+        assert!(d.ends_with("filename*=UTF-8''..%2F..%2Fetc%2Fpa%22ss%5Cwd%0D%0A.txt"));
+        let d = content_disposition("résumé.pdf");
+        assert_eq!(
+            d,
+            "attachment; filename=\"r_sum_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"
+        );
+    }
+
+    #[test]
+    fn mime_types() {
+        assert!(valid_mime("image/png"));
+        assert!(valid_mime("text/plain; charset=utf-8"));
+        assert!(!valid_mime("text/html\r\nX-Evil: 1"));
+        assert!(!valid_mime("nonsense"));
+        assert!(!valid_mime("a/b c"));
+    }
+
+    #[test]
+    fn heads() {
+        let (status, h) = head(
+            Range::Part { start: 10, end: 19 },
+            100,
+            Some("image/png"),
+            "a.png",
+        );
+        assert_eq!(status, 206);
+        assert!(h.starts_with("HTTP/1.1 206 Partial Content\r\n"));
+        assert!(h.contains("Content-Length: 10\r\n"));
+        assert!(h.contains("Content-Range: bytes 10-19/100\r\n"));
+        assert!(h.contains("Content-Type: image/png\r\n"));
+        assert!(h.contains("X-Content-Type-Options: nosniff\r\n"));
+        let (status, h) = head(Range::Full, 100, Some("bad\r\nmime"), "a");
+        assert_eq!(status, 200);
+        assert!(h.contains("Content-Type: application/octet-stream\r\n"));
+    }
+}
