@@ -372,6 +372,11 @@ fn permission_matrix() {
         json!({"type": "group.kicked", "group": "club", "by": "admin1"})
     );
     assert_eq!(member.event("group.left")["user"], "member2");
+    // the kicked user's sessions see the leave too, with who did it
+    assert_eq!(
+        member2.event("group.left"),
+        json!({"type": "group.left", "group": "club", "user": "member2", "by": "admin1"})
+    );
     admin.err(
         json!({"type": "group.kick", "group": "club", "user": "member2"}),
         "not_found",

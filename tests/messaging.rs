@@ -95,6 +95,17 @@ fn ordering_of_replies_and_events() {
         last = id;
     }
     assert_eq!(a.next().unwrap()["re"], "last");
+    // A send refused on the spot still answers after the sends before it.
+    a.send_text(&json!({"type": "send", "id": "good", "to": "@bob", "text": "fine"}).to_string());
+    a.send_text(&json!({"type": "send", "id": "bad", "to": "@ghost", "text": "lost"}).to_string());
+    a.send_text(&json!({"type": "send", "id": "good2", "to": "@bob", "text": "fine"}).to_string());
+    let replies: Vec<Value> = (0..3).map(|_| a.next().unwrap()).collect();
+    assert_eq!(replies[0]["re"], "good");
+    assert_eq!(
+        (&replies[1]["re"], &replies[1]["code"]),
+        (&json!("bad"), &json!("not_found"))
+    );
+    assert_eq!(replies[2]["re"], "good2");
     let mut prev = 0;
     for i in 0..30 {
         let m = b.event("message");
@@ -105,11 +116,11 @@ fn ordering_of_replies_and_events() {
     }
     let metrics = server.metrics();
     assert!(
-        metrics.contains("chatd_messages_accepted_total 30"),
+        metrics.contains("chatd_messages_accepted_total 32"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("chatd_messages_delivered_total 30"),
+        metrics.contains("chatd_messages_delivered_total 32"),
         "{metrics}"
     );
     // 30 pipelined sends took fewer commits than messages

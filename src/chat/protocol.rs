@@ -242,7 +242,8 @@ pub fn parse(text: &[u8]) -> Result<Request, (Option<Value>, Failure)> {
     };
     let id = match map.get("id") {
         None | Some(Value::Null) => None,
-        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v.clone()),
+        Some(v @ Value::String(_)) => Some(v.clone()),
+        Some(v @ Value::Number(n)) if n.is_i64() || n.is_u64() => Some(v.clone()),
         Some(_) => {
             return Err((
                 None,
@@ -334,6 +335,7 @@ mod tests {
         assert!(parse(b"[1,2]").is_err());
         assert!(parse(br#"{"id":1}"#).is_err());
         assert!(parse(br#"{"type":"whoami","id":{"x":1}}"#).is_err());
+        assert!(parse(br#"{"type":"whoami","id":1.5}"#).is_err());
         assert!(parse(br#"{"type":"register","user":5,"password":"x"}"#).is_err());
     }
 

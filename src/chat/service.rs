@@ -149,6 +149,8 @@ struct Accepted {
     dup_of: Option<usize>,
     /// A finished upload: answered with `file.done` rather than `ok`.
     file_done: bool,
+    /// Not a message: a reply that waits its turn behind the messages before it.
+    answer: Option<Reply>,
 }
 
 /// Counters of the messaging path, rendered into `/metrics`.
@@ -362,54 +364,48 @@ impl Service {
             });
         let inbound = if opcode == Opcode::Binary && uploading {
             Inbound::Bytes(data)
-        } else {
-            if !session
-                .bucket
-                .take(settings.command_rate, settings.command_burst, now)
-            {
-                session.strikes += 1;
-                if session.strikes > settings.rate_strikes {
-                    debug!(
-                        "conn {conn}: rate limit exceeded {} times, closing",
-                        session.strikes
-                    );
-                    self.out
-                        .push(Effect::Close(conn, CloseCode::POLICY, CloseReason::Policy));
-                    return;
-                }
-                let id = protocol::parse(&data).map_or_else(|(id, _)| id, |r| r.id);
-                self.reply(
-                    conn,
-                    &id,
-                    fail(ErrorCode::RateLimited, "too many requests, slow down"),
+        } else if !session
+            .bucket
+            .take(settings.command_rate, settings.command_burst, now)
+        {
+            session.strikes += 1;
+            if session.strikes > settings.rate_strikes {
+                debug!(
+                    "conn {conn}: rate limit exceeded {} times, closing",
+                    session.strikes
                 );
+                self.out
+                    .push(Effect::Close(conn, CloseCode::POLICY, CloseReason::Policy));
                 return;
             }
+            // The refusal takes its place in line like any reply.
+            let id = protocol::parse(&data).map_or_else(|(id, _)| id, |r| r.id);
+            Inbound::Request(Err((
+                id,
+                Failure::new(ErrorCode::RateLimited, "too many requests, slow down"),
+            )))
+        } else if opcode == Opcode::Binary {
             session.strikes = 0;
-            Inbound::Request(if opcode == Opcode::Binary {
-                Err((
-                    None,
-                    Failure::new(
-                        ErrorCode::BadRequest,
-                        "binary frames carry file uploads only",
-                    ),
-                ))
-            } else {
-                protocol::parse(&data)
-            })
+            Inbound::Request(Err((
+                None,
+                Failure::new(
+                    ErrorCode::BadRequest,
+                    "binary frames carry file uploads only",
+                ),
+            )))
+        } else {
+            session.strikes = 0;
+            Inbound::Request(protocol::parse(&data))
         };
         // A reply still owed (a password check, or sends waiting for the commit) keeps later
         // requests waiting, so replies come in request order. Sends may join the batch.
         if !session.held.is_empty() || must_wait(session, &inbound) {
             if session.held.len() >= MAX_HELD {
-                if let Inbound::Request(parsed) = inbound {
-                    let id = parsed.map_or_else(|(id, _)| id, |r| r.id);
-                    self.reply(
-                        conn,
-                        &id,
-                        fail(ErrorCode::RateLimited, "too many requests waiting"),
-                    );
-                }
+                // Answering now would break the order of replies; a client this far ahead of
+                // its replies is flooding.
+                debug!("conn {conn}: {MAX_HELD} requests waiting, closing");
+                self.out
+                    .push(Effect::Close(conn, CloseCode::POLICY, CloseReason::Policy));
             } else {
                 session.held.push_back(inbound);
             }
@@ -478,7 +474,7 @@ impl Service {
         };
         // `None`: the reply comes later, from the password worker or the commit.
         if let Some(result) = result.transpose() {
-            self.reply(conn, &id, result);
+            self.reply_in_order(conn, &id, result);
         }
         if let Some((conn, user, since)) = self.replay.take() {
             self.send_replay(conn, user, since);
@@ -535,6 +531,25 @@ impl Service {
             }
         };
         reply.map(Some)
+    }
+
+    /// Replies now, or, when sends of this connection wait for the commit, after them.
+    fn reply_in_order(&mut self, conn: ConnId, id: &Option<Value>, result: Reply) {
+        if self.sessions.get(&conn).is_some_and(|s| s.in_batch > 0) {
+            self.batch.push(Accepted {
+                conn,
+                id: id.clone(),
+                from: String::new(),
+                to: String::new(),
+                message: None,
+                dup: None,
+                dup_of: None,
+                file_done: false,
+                answer: Some(result),
+            });
+        } else {
+            self.reply(conn, id, result);
+        }
     }
 
     fn reply(&mut self, conn: ConnId, id: &Option<Value>, result: Reply) {
@@ -1011,13 +1026,15 @@ impl Service {
             json!({ "group": group.name, "by": me.user.name }),
         );
         self.broadcast(self.sessions_of(&target.name), &event);
-        // The remaining members see the member leave.
+        // The remaining members and every session of the kicked user see the member leave.
         let members = self.store.members(group.id)?;
         let left = protocol::event(
             "group.left",
             json!({ "group": group.name, "user": target.name, "by": me.user.name }),
         );
-        self.broadcast(self.sessions_of_members(&members), &left);
+        let mut conns = self.sessions_of_members(&members);
+        conns.extend(self.sessions_of(&target.name));
+        self.broadcast(conns, &left);
         Ok(json!({}))
     }
 
@@ -1244,6 +1261,7 @@ impl Service {
             dup: None,
             dup_of: None,
             file_done: false,
+            answer: None,
         };
         if let Some(cid) = &client_id {
             // A retry: answer with the first copy, deliver nothing.
@@ -1302,6 +1320,10 @@ impl Service {
                 Err(e) => {
                     let failure: Failure = e.into();
                     for a in &batch {
+                        if let Some(answer) = &a.answer {
+                            self.reply(a.conn, &a.id, answer.clone());
+                            continue;
+                        }
                         if let Some(f) = a.message.as_ref().and_then(|m| m.file.as_ref()) {
                             let _ = std::fs::remove_file(upload::path_of(
                                 &self.settings.files_dir,
@@ -1326,6 +1348,10 @@ impl Service {
 
     fn acknowledge(&mut self, batch: &[Accepted]) {
         for a in batch {
+            if let Some(answer) = &a.answer {
+                self.reply(a.conn, &a.id, answer.clone());
+                continue;
+            }
             let (msg_id, ts) = match (&a.message, a.dup, a.dup_of) {
                 (Some(m), _, _) => (m.id, m.ts),
                 (None, Some(first), _) => first,
@@ -1727,7 +1753,7 @@ impl Service {
                         )
                     }
                 };
-                self.reply(conn, &id, Err(failure));
+                self.reply_in_order(conn, &id, Err(failure));
             }
         }
     }
@@ -1766,6 +1792,7 @@ impl Service {
             dup: None,
             dup_of: None,
             file_done: true,
+            answer: None,
         });
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.in_batch += 1;
