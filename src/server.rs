@@ -31,6 +31,7 @@ use crate::chat::service::DownloadRefusal;
 use crate::chat::{Effect, Service, Settings};
 use crate::config::{Config, Registration, SyncMode};
 use crate::conn::{Conn, Cx, Pumped, Route, Step};
+use crate::http::assets;
 use crate::http::download::{self, Range};
 use crate::http::{handshake, Request, Response};
 use crate::metrics::{CloseReason, Gauges, Metrics};
@@ -484,6 +485,9 @@ impl Server {
     fn plain(&self, req: &Request) -> Response {
         if req.method != "GET" && req.method != "HEAD" {
             return Response::status(405).with_header("Allow", "GET, HEAD");
+        }
+        if let Some(asset) = assets::asset(&req.path) {
+            return asset;
         }
         match req.path.as_str() {
             "/healthz" if self.draining => Response::text(503, "shutting down"),

@@ -1,6 +1,7 @@
 //! HTTP/1.1, as much as a WebSocket server needs, free of sockets: the request head
 //! ([`request`]), the upgrade handshake ([`handshake`]) and plain responses ([`response`]).
 
+pub mod assets;
 pub mod download;
 pub mod handshake;
 pub mod request;
