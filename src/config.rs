@@ -98,6 +98,11 @@ pub struct Config {
     #[arg(long, env = "CHATD_TYPING_BURST", default_value_t = 5.0)]
     pub typing_burst: f64,
 
+    /// Listen backlog: connections the kernel may hold before the server accepts them (capped by
+    /// the kernel's `net.core.somaxconn`). Over it, connecting clients wait a second and retry.
+    #[arg(long, env = "CHATD_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
+
     /// Serve `/echo`, which echoes every message with its opcode (for conformance tools).
     #[arg(long, env = "CHATD_ECHO")]
     pub echo: bool,

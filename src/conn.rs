@@ -56,6 +56,9 @@ pub enum Route {
     Echo,
     /// `/ws`: the chat protocol.
     Chat,
+    /// `/broadcast` (with `--echo`): every message goes to every other `/broadcast`
+    /// connection, encoded once; for measuring the transport's fan-out.
+    Broadcast,
 }
 
 /// The phase of a connection; each variant owns the data that phase needs.

@@ -97,6 +97,20 @@ pub fn accept(listener: &TcpListener) -> Accept {
     }
 }
 
+/// Sets the listen backlog: connections the kernel completes before `accept` takes them. A
+/// burst of connects larger than this overflows it, and those clients retry their SYN after a
+/// second. Linux caps it at `net.core.somaxconn`.
+pub fn set_backlog(listener: &TcpListener, backlog: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen() on a socket we own; calling it again only changes the backlog.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Raises the soft open-file limit to the hard limit and returns the limit now in force.
 pub fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.

@@ -70,6 +70,8 @@ pub struct Server {
     service: Service,
     /// Effects returned by the service, applied in order.
     effects: Vec<Effect>,
+    /// Open `/broadcast` connections.
+    broadcast_members: Vec<usize>,
     max_connections: usize,
     /// The listener may have connections waiting (the last accept did not say WouldBlock).
     accept_ready: bool,
@@ -96,6 +98,7 @@ impl Server {
     pub fn bind(cfg: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.listen)?;
+        net::set_backlog(&listener, cfg.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -135,6 +138,7 @@ impl Server {
             metrics: Metrics::default(),
             service,
             effects: Vec::new(),
+            broadcast_members: Vec::new(),
             max_connections,
             accept_ready: true,
             accept_paused: false,
@@ -341,6 +345,27 @@ impl Server {
                 }
                 self.apply_effects(now);
             }
+            Some(Route::Broadcast) => {
+                let Server {
+                    conns,
+                    cfg,
+                    metrics,
+                    touched,
+                    broadcast_members,
+                    ..
+                } = self;
+                let mut cx = Cx { cfg, metrics, now };
+                for (opcode, data) in inbox.drain(..) {
+                    let frame: std::rc::Rc<[u8]> =
+                        crate::ws::frame::encode(opcode, true, &data, None).into();
+                    for &member in broadcast_members.iter().filter(|&&m| m != key) {
+                        if let Some(conn) = conns.get_mut(member) {
+                            conn.send_shared(&frame, &mut cx);
+                            touch(conns, touched, member);
+                        }
+                    }
+                }
+            }
             None => inbox.clear(),
         }
         if let Some(conn) = self.conns.get_mut(key) {
@@ -397,6 +422,7 @@ impl Server {
             let route = match req.path.as_str() {
                 "/ws" => Some(Route::Chat),
                 "/echo" if self.cfg.echo => Some(Route::Echo),
+                "/broadcast" if self.cfg.echo => Some(Route::Broadcast),
                 _ => None,
             };
             match route {
@@ -425,9 +451,13 @@ impl Server {
         match answer {
             Ok((bytes, route)) => {
                 conn.upgrade(bytes, route, &mut cx);
-                if route == Route::Chat {
-                    conn.set_auth_deadline(Some(now + cx.cfg.auth_timeout));
-                    self.service.open(key, conn.peer.ip(), now);
+                match route {
+                    Route::Chat => {
+                        conn.set_auth_deadline(Some(now + cx.cfg.auth_timeout));
+                        self.service.open(key, conn.peer.ip(), now);
+                    }
+                    Route::Broadcast => self.broadcast_members.push(key),
+                    Route::Echo => {}
                 }
             }
             Err(response) => {
@@ -600,9 +630,13 @@ impl Server {
         let mut i = 0;
         while i < self.touched.len() {
             let key = self.touched[i];
-            if self.service.has(key) && !self.conns.get(key).is_some_and(Conn::is_open) {
+            let open = self.conns.get(key).is_some_and(Conn::is_open);
+            if self.service.has(key) && !open {
                 self.service.close(key);
                 self.apply_effects(now);
+            }
+            if !open {
+                self.broadcast_members.retain(|&m| m != key);
             }
             i += 1;
         }

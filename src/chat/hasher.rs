@@ -140,6 +140,9 @@ impl Hasher {
                             Outcome::Verified(matched && stored != dummy)
                         }
                     };
+                    // Argon2 allocates its memory cost per hash; hand it back to the system so the
+                    // server's resident size reflects its connections, not its last login.
+                    trim_heap();
                     if done_tx.send(Done { ticket, outcome }).is_err() {
                         return;
                     }
@@ -154,6 +157,17 @@ impl Hasher {
         true
     }
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory at the top of the heap and in free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 fn argon2(cost: Cost) -> Option<Argon2<'static>> {
     let params = Params::new(cost.memory_kib, cost.iterations, 1, None).ok()?;
