@@ -16,7 +16,8 @@ pub struct Config {
     #[arg(long, env = "CHATD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
-    /// Where the embedded database (and later stored files) live; created if missing.
+    /// Where the embedded database (`chatd.db`) and uploaded files (`files/`) live; created if
+    /// missing.
     #[arg(long, env = "CHATD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 

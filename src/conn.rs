@@ -172,6 +172,8 @@ pub struct Conn {
     peer_eof: bool,
     /// A file response still being read from disk.
     body: Option<Body>,
+    /// This connection answered with a file: its lingering waits for the socket, not the clock.
+    download: bool,
     /// Last time the socket took bytes.
     last_write: Instant,
     /// The deadline this connection has in the server's timer set, if any.
@@ -201,6 +203,7 @@ impl Conn {
             write_shut: false,
             peer_eof: false,
             body: None,
+            download: false,
             last_write: now,
             timer_at: None,
             touched: false,
@@ -596,6 +599,7 @@ impl Conn {
         cx: &mut Cx,
     ) {
         self.output.push(head.into_bytes());
+        self.download = true;
         if !head_only && len > 0 {
             self.body = Some(Body {
                 file,
@@ -775,7 +779,7 @@ impl Conn {
     /// A lingering connection gets the close timeout; one still sending a file gets the idle
     /// timeout since the socket last took bytes, so a long download of a slow reader goes on.
     fn linger_deadline(&self, since: Instant, cfg: &Config) -> Instant {
-        if self.body.is_some() {
+        if self.download && (self.body.is_some() || !self.output.is_empty()) {
             self.last_write.max(since) + cfg.idle_timeout
         } else {
             since + cfg.close_timeout

@@ -694,11 +694,14 @@ impl Server {
 
 /// The token of a download: `Authorization: Bearer TOKEN`, or `?token=TOKEN`.
 fn bearer_token(req: &Request) -> Option<String> {
-    if let Some(auth) = req.header("authorization") {
+    let bearer = req.header("authorization").and_then(|auth| {
         let (scheme, token) = auth.split_once(' ')?;
-        return scheme
+        scheme
             .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string());
+            .then(|| token.trim().to_string())
+    });
+    if bearer.is_some() {
+        return bearer;
     }
     req.query.as_deref()?.split('&').find_map(|pair| {
         pair.strip_prefix("token=")

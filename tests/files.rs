@@ -277,7 +277,9 @@ fn oversize_declared_and_actual() {
     a.send_binary(&[0; 11]);
     let e = a.next().unwrap();
     assert_eq!(e["code"], "too_large", "{e}");
-    assert_eq!(e["re"], ok["re"], "the error names the upload");
+    // The upload's request had its one reply; the error names the upload instead.
+    assert!(e.get("re").is_none(), "{e}");
+    assert_eq!(e["file_id"], ok["file_id"], "the error names the upload");
     b.no_event("message", Duration::from_millis(300));
     assert!(files_in(&dir).is_empty());
     // the same bytes in two frames: refused at the frame that crosses the size
@@ -303,10 +305,25 @@ fn oversize_declared_and_actual() {
         json!({"type": "file.upload", "to": "@bob", "name": "x", "size": -1}),
         "bad_request",
     );
-    // an empty file is fine: ok, then file.done
-    let (id, _) = upload(&mut a, "@bob", "empty", None, b"", 1);
+    // an empty file is fine: ok, then file.done, in that order
+    a.send_text(
+        &json!({"type": "file.upload", "id": "e", "to": "@bob", "name": "empty", "size": 0})
+            .to_string(),
+    );
+    let ok = a.next().unwrap();
+    assert_eq!(
+        (&ok["type"], &ok["re"]),
+        (&json!("ok"), &json!("e")),
+        "{ok}"
+    );
+    let done = a.next().unwrap();
+    assert_eq!(done["type"], "file.done", "{done}");
+    assert_eq!(done["file_id"], ok["file_id"]);
     assert_eq!(b.event("message")["file"]["size"], 0);
-    assert_eq!(files_in(&dir), vec![id]);
+    assert_eq!(
+        files_in(&dir),
+        vec![ok["file_id"].as_str().unwrap().to_string()]
+    );
 }
 
 #[test]
@@ -429,4 +446,41 @@ fn ten_parallel_50_mib_downloads_stay_in_bounded_memory() {
     let growth_mib = (peak.saturating_sub(idle)) as f64 / 1024.0;
     eprintln!("server RSS idle {idle} KiB, peak {peak} KiB during ten 50 MiB downloads: +{growth_mib:.1} MiB");
     assert!(growth_mib < 64.0, "server RSS grew {growth_mib:.1} MiB");
+}
+
+#[test]
+fn leaving_the_group_mid_upload_drops_the_file() {
+    let dir = DataDir::new("leavemid");
+    let server = chat::start(&dir, &[]);
+    let (mut owner, _) = user(&server, "olga");
+    let (mut m, _) = user(&server, "mike");
+    owner.ok(json!({"type": "group.create", "group": "g"}));
+    m.ok(json!({"type": "group.join", "group": "g"}));
+    let ok = m.ok(json!({"type": "file.upload", "to": "#g", "name": "x", "size": 10}));
+    m.send_binary(&[1; 5]);
+    owner.ok(json!({"type": "group.kick", "group": "g", "user": "mike"}));
+    m.event("group.kicked");
+    m.send_binary(&[1; 5]);
+    let e = m.event("error");
+    assert_eq!(
+        (&e["code"], &e["file_id"]),
+        (&json!("forbidden"), &ok["file_id"]),
+        "{e}"
+    );
+    owner.no_event("message", Duration::from_millis(300));
+    assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+}
+
+#[test]
+fn non_bearer_authorization_falls_back_to_the_query_token() {
+    let dir = DataDir::new("basic");
+    let server = chat::start(&dir, &[]);
+    let (mut a, token) = user(&server, "alice");
+    let (id, _) = upload(&mut a, "@alice", "f", None, b"bytes", 5);
+    let r = get(
+        &server,
+        &format!("/files/{id}?token={token}"),
+        &[("Authorization", "Basic Zm9vOmJhcg==")],
+    );
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"bytes"[..]));
 }

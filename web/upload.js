@@ -40,6 +40,7 @@ export class Upload {
     this.onProgress = onProgress;
     this.requestId = null;
     this.fileId = null;
+    this.earlyDone = null; // a file.done that came before the ok (see handleDone)
     this.cancelled = false;
     this.finished = new Promise((resolve, reject) => {
       this.resolveDone = resolve;
@@ -59,6 +60,7 @@ export class Upload {
     const { id, reply } = conn.start("file.upload", args);
     this.requestId = id;
     this.fileId = (await reply).file_id;
+    if (this.earlyDone) this.handleDone(this.earlyDone);
     if (this.cancelled) {
       // cancel() came while we waited for the ok, so it could not tell the server yet.
       conn.request("file.cancel").catch(() => {});
@@ -98,6 +100,12 @@ export class Upload {
 
   /** The app passes every `file.done` event here; true when it was ours. */
   handleDone(event) {
+    if (this.fileId === null) {
+      // For an empty file the server sends file.done before the ok with the file_id today
+      // (docs/protocol.md, "Known deviations"): keep it until the ok has come.
+      this.earlyDone = event;
+      return true;
+    }
     if (event.file_id !== this.fileId) return false;
     this.resolveDone(event);
     return true;

@@ -214,6 +214,9 @@ pub struct Failure {
     pub code: ErrorCode,
     /// The message.
     pub message: String,
+    /// The upload this error ends, for errors that come after the upload's `ok` (they carry no
+    /// `re`: the request already had its one reply).
+    pub file_id: Option<String>,
 }
 
 impl Failure {
@@ -222,7 +225,14 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            file_id: None,
         }
+    }
+
+    /// The same refusal, naming the upload it ends.
+    pub fn for_file(mut self, file_id: &str) -> Failure {
+        self.file_id = Some(file_id.to_string());
+        self
     }
 }
 
@@ -282,6 +292,9 @@ pub fn error(id: &Option<Value>, failure: &Failure) -> String {
     }
     map.insert("code".into(), json!(failure.code.as_str()));
     map.insert("message".into(), json!(failure.message));
+    if let Some(file_id) = &failure.file_id {
+        map.insert("file_id".into(), json!(file_id));
+    }
     Value::Object(map).to_string()
 }
 

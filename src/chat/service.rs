@@ -38,6 +38,10 @@ pub type ConnId = usize;
 /// `rate_limited`.
 const MAX_HELD: usize = 64;
 
+/// Upload bytes a connection may have waiting behind a request (a `file.upload` still waiting
+/// for an earlier reply); more close the connection with 1008.
+const MAX_HELD_BYTES: usize = 16 << 20;
+
 /// What the loop should do as a result of a message.
 #[derive(Debug, Clone)]
 pub enum Effect {
@@ -400,10 +404,26 @@ impl Service {
         // A reply still owed (a password check, or sends waiting for the commit) keeps later
         // requests waiting, so replies come in request order. Sends may join the batch.
         if !session.held.is_empty() || must_wait(session, &inbound) {
-            if session.held.len() >= MAX_HELD {
+            let held_bytes: usize = session
+                .held
+                .iter()
+                .map(|h| match h {
+                    Inbound::Bytes(b) => b.len(),
+                    Inbound::Request(_) => 0,
+                })
+                .sum();
+            let held_requests = session.held.len()
+                - session
+                    .held
+                    .iter()
+                    .filter(|h| matches!(h, Inbound::Bytes(_)))
+                    .count();
+            if held_requests >= MAX_HELD || held_bytes >= MAX_HELD_BYTES {
                 // Answering now would break the order of replies; a client this far ahead of
                 // its replies is flooding.
-                debug!("conn {conn}: {MAX_HELD} requests waiting, closing");
+                debug!(
+                    "conn {conn}: {held_requests} requests, {held_bytes} bytes waiting, closing"
+                );
                 self.out
                     .push(Effect::Close(conn, CloseCode::POLICY, CloseReason::Policy));
             } else {
@@ -475,6 +495,14 @@ impl Service {
         // `None`: the reply comes later, from the password worker or the commit.
         if let Some(result) = result.transpose() {
             self.reply_in_order(conn, &id, result);
+        }
+        // An empty file needs no bytes: it is complete as soon as its ok is out.
+        let empty_upload = self
+            .sessions
+            .get_mut(&conn)
+            .and_then(|s| s.upload.take_if(|(up, _)| up.is_complete()));
+        if let Some((up, pending)) = empty_upload {
+            self.finish_upload(conn, up, pending);
         }
         if let Some((conn, user, since)) = self.replay.take() {
             self.send_replay(conn, user, since);
@@ -824,6 +852,11 @@ impl Service {
         }
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.identity = None;
+            // An upload started as this user ends with the session.
+            if let Some((up, _)) = s.upload.take() {
+                up.abort();
+                self.upload_failed("cancelled");
+            }
         }
         self.set_offline(conn, &me.user.name);
         self.out.push(Effect::Authenticated(conn, false));
@@ -1306,7 +1339,8 @@ impl Service {
     /// Requests held behind the sends run afterwards, and if they send, the loop commits again.
     pub fn commit(&mut self, now: Instant) {
         while !self.batch.is_empty() {
-            let batch = std::mem::take(&mut self.batch);
+            let mut batch = std::mem::take(&mut self.batch);
+            self.drop_deleted_groups(&mut batch);
             let rows: Vec<NewMessage> = batch.iter().filter_map(|a| a.message.clone()).collect();
             let started = Instant::now();
             let stored = if rows.is_empty() {
@@ -1330,6 +1364,9 @@ impl Service {
                                 &f.id,
                             ));
                             self.upload_failed("storage");
+                            let fail = failure.clone().for_file(&f.id);
+                            self.reply(a.conn, &None, Err(fail));
+                            continue;
                         }
                         self.reply(a.conn, &a.id, Err(failure.clone()));
                     }
@@ -1346,6 +1383,33 @@ impl Service {
         }
     }
 
+    /// A group deleted after a send to it was accepted (in the same iteration) takes the send
+    /// with it: the sender gets `not_found`, in its place, and the rest of the batch is stored.
+    fn drop_deleted_groups(&mut self, batch: &mut [Accepted]) {
+        let mut gone: HashMap<GroupId, bool> = HashMap::new();
+        for a in batch.iter_mut() {
+            let Some(Target::Group(g)) = a.message.as_ref().map(|m| m.to) else {
+                continue;
+            };
+            let exists = *gone
+                .entry(g)
+                .or_insert_with(|| self.store.group_exists(g).unwrap_or(true));
+            if exists {
+                continue;
+            }
+            let message = a.message.take().expect("matched above");
+            let failure = Failure::new(ErrorCode::NotFound, "the group was deleted");
+            a.answer = Some(Err(match &message.file {
+                Some(f) => {
+                    let _ = std::fs::remove_file(upload::path_of(&self.settings.files_dir, &f.id));
+                    a.id = None;
+                    failure.for_file(&f.id)
+                }
+                None => failure,
+            }));
+        }
+    }
+
     fn acknowledge(&mut self, batch: &[Accepted]) {
         for a in batch {
             if let Some(answer) = &a.answer {
@@ -1355,13 +1419,15 @@ impl Service {
             let (msg_id, ts) = match (&a.message, a.dup, a.dup_of) {
                 (Some(m), _, _) => (m.id, m.ts),
                 (None, Some(first), _) => first,
-                (None, None, Some(i)) => {
-                    let m = batch[i]
-                        .message
-                        .as_ref()
-                        .expect("a duplicate points at a stored message");
-                    (m.id, m.ts)
-                }
+                (None, None, Some(i)) => match &batch[i].message {
+                    Some(m) => (m.id, m.ts),
+                    // Its first copy went to a group deleted meanwhile.
+                    None => {
+                        let f = Failure::new(ErrorCode::NotFound, "the group was deleted");
+                        self.reply(a.conn, &a.id, Err(f));
+                        continue;
+                    }
+                },
                 (None, None, None) => unreachable!("a batch entry is a message or a duplicate"),
             };
             if a.file_done {
@@ -1688,10 +1754,8 @@ impl Service {
             sender: me.user.id,
             from: me.user.name.clone(),
         };
-        if up.is_complete() {
-            // An empty file: stored now; its file.done follows this ok after the commit.
-            self.finish_upload(conn, up, pending);
-        } else if let Some(s) = self.sessions.get_mut(&conn) {
+        // An empty file is complete already; `handle` finishes it after this ok is queued.
+        if let Some(s) = self.sessions.get_mut(&conn) {
             s.upload = Some((up, pending));
         }
         Ok(Some(json!({ "file_id": file_id })))
@@ -1713,7 +1777,7 @@ impl Service {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        let Some((up, pending)) = session.upload.as_mut() else {
+        let Some((up, _)) = session.upload.as_mut() else {
             self.reply(
                 conn,
                 &None,
@@ -1732,9 +1796,8 @@ impl Service {
                 self.finish_upload(conn, up, pending);
             }
             Err(e) => {
-                let id = pending.id.clone();
                 let (up, _) = session.upload.take().expect("checked above");
-                let size = up.size;
+                let (size, file_id) = (up.size, up.id.clone());
                 up.abort();
                 let failure = match e {
                     WriteError::Overrun => {
@@ -1753,23 +1816,31 @@ impl Service {
                         )
                     }
                 };
-                self.reply_in_order(conn, &id, Err(failure));
+                self.reply_in_order(conn, &None, Err(failure.for_file(&file_id)));
             }
         }
     }
 
     /// All bytes are in: sync the file and post its message in the batch.
     fn finish_upload(&mut self, conn: ConnId, up: Upload, pending: PendingUpload) {
+        let file_id = up.id.clone();
+        // The sender may have left or been removed from the group while uploading.
+        if let Target::Group(g) = pending.target {
+            if !matches!(self.store.role(g, pending.sender), Ok(Some(_))) {
+                up.abort();
+                self.upload_failed("forbidden");
+                let f = Failure::new(ErrorCode::Forbidden, "no longer a member of this group");
+                self.reply_in_order(conn, &None, Err(f.for_file(&file_id)));
+                return;
+            }
+        }
         let meta = match up.finish() {
             Ok(meta) => meta,
             Err(e) => {
                 warn!("upload could not be synced: {e}");
                 self.upload_failed("io");
-                self.reply(
-                    conn,
-                    &pending.id,
-                    fail(ErrorCode::Unavailable, "the file could not be stored"),
-                );
+                let f = Failure::new(ErrorCode::Unavailable, "the file could not be stored");
+                self.reply_in_order(conn, &None, Err(f.for_file(&file_id)));
                 return;
             }
         };
@@ -1857,7 +1928,14 @@ impl Service {
         let _ = writeln!(out, "# HELP chatd_file_uploads_total Uploads completed and stored.\n# TYPE chatd_file_uploads_total counter\nchatd_file_uploads_total {}", m.uploads);
         let _ = writeln!(out, "# HELP chatd_file_uploads_in_progress Uploads in progress.\n# TYPE chatd_file_uploads_in_progress gauge\nchatd_file_uploads_in_progress {}", self.uploads_in_progress());
         let _ = writeln!(out, "# HELP chatd_file_upload_failures_total Uploads that failed or were dropped, by reason.\n# TYPE chatd_file_upload_failures_total counter");
-        for reason in ["cancelled", "disconnect", "overrun", "io", "storage"] {
+        for reason in [
+            "cancelled",
+            "disconnect",
+            "overrun",
+            "forbidden",
+            "io",
+            "storage",
+        ] {
             let _ = writeln!(
                 out,
                 "chatd_file_upload_failures_total{{reason=\"{reason}\"}} {}",

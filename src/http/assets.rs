@@ -27,6 +27,21 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../web/app.js"),
     ),
     (
+        "/connection.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/connection.js"),
+    ),
+    (
+        "/model.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/model.js"),
+    ),
+    (
+        "/upload.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/upload.js"),
+    ),
+    (
         "/style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../web/style.css"),
@@ -77,6 +92,18 @@ mod tests {
             let open = &tag[..tag.find('>').unwrap()];
             assert!(open.contains("src="), "inline script: <script{open}>");
         }
-        assert!(!html.contains(" on"), "no inline event handlers");
+        // No inline event handler attributes (onclick=, onload=, ...) inside any tag.
+        for tag in html.split('<').skip(1) {
+            let inside = &tag[..tag.find('>').unwrap_or(tag.len())];
+            let handler = inside.split_whitespace().any(|attr| {
+                attr.starts_with("on")
+                    && attr.contains('=')
+                    && attr[2..]
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_lowercase())
+            });
+            assert!(!handler, "inline handler in <{inside}>");
+        }
     }
 }

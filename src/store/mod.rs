@@ -416,6 +416,14 @@ impl Store {
             .optional()?)
     }
 
+    /// Whether a group still exists.
+    pub fn group_exists(&self, group: GroupId) -> Result<bool> {
+        Ok(self
+            .db
+            .prepare_cached("SELECT 1 FROM groups WHERE id = ?1")?
+            .exists(params![group])?)
+    }
+
     /// A user's role in a group, if a member.
     pub fn role(&self, group: GroupId, user: UserId) -> Result<Option<Role>> {
         let role: Option<String> = self

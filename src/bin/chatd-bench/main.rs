@@ -4,6 +4,7 @@
 //! server's CPU time and memory, so results can be given per second of server CPU.
 
 mod pool;
+mod raw;
 mod scenarios;
 mod stats;
 
@@ -33,6 +34,9 @@ pub struct Args {
     /// connections than one address has ephemeral ports.
     #[arg(long, default_value_t = 1, global = true)]
     pub sources: u8,
+    /// The server is a raw TCP baseline (`raw-server`): no upgrade, frames come back as sent.
+    #[arg(long, global = true)]
+    pub raw: bool,
     /// HS256 secret the server was started with (`--jwt-secret`), for chat scenarios.
     #[arg(long, default_value = "bench-secret", global = true)]
     pub jwt_secret: String,
@@ -112,6 +116,13 @@ pub enum Scenario {
         #[arg(long, default_value_t = 8)]
         inflight: usize,
     },
+    /// Not a scenario: serve raw TCP echo or broadcast on `--server`, as a baseline to compare
+    /// the WebSocket server with (run it, then point `echo`/`broadcast --raw` at it).
+    RawServer {
+        /// Forward what any connection sends to all others, instead of echoing.
+        #[arg(long)]
+        broadcast: bool,
+    },
     /// A login storm while a group conversation runs: the group's delivery latency without and
     /// with the storm, and login latency.
     Login {
@@ -130,6 +141,13 @@ pub enum Scenario {
 fn main() {
     let args = Args::parse();
     chatd::net::raise_fd_limit();
+    if let Scenario::RawServer { broadcast } = args.scenario {
+        if let Err(e) = raw::serve(args.server, broadcast) {
+            eprintln!("chatd-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let sources: Vec<Ipv4Addr> = (1..=args.sources.max(1))
         .map(|i| Ipv4Addr::new(127, 0, 0, i))
         .collect();

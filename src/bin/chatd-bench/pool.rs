@@ -51,6 +51,8 @@ pub struct Pool {
     /// Bytes read.
     pub bytes_in: u64,
     dirty: Vec<usize>,
+    /// Raw TCP baseline: no upgrade, and the server sends back masked frames.
+    raw: bool,
 }
 
 const LIMITS: Limits = Limits {
@@ -60,7 +62,7 @@ const LIMITS: Limits = Limits {
 
 impl Pool {
     /// An empty pool.
-    pub fn new() -> io::Result<Pool> {
+    pub fn new(raw: bool) -> io::Result<Pool> {
         Ok(Pool {
             poll: Poll::new()?,
             events: Events::with_capacity(4096),
@@ -70,6 +72,7 @@ impl Pool {
             bytes_out: 0,
             bytes_in: 0,
             dirty: Vec::new(),
+            raw,
         })
     }
 
@@ -99,7 +102,8 @@ impl Pool {
         entry.insert(Client {
             stream,
             phase: Phase::Connecting,
-            session: Session::new(Role::Client, LIMITS),
+            // A raw server sends our masked frames back: decode them as a server would.
+            session: Session::new(if self.raw { Role::Server } else { Role::Client }, LIMITS),
             input: Vec::new(),
             output: Vec::new(),
             request: request.into_bytes(),
@@ -178,6 +182,10 @@ impl Pool {
         let c = &mut self.conns[id];
         if c.phase == Phase::Connecting {
             match c.stream.peer_addr() {
+                Ok(_) if self.raw => {
+                    c.phase = Phase::Open;
+                    out.push(Net::Opened(id));
+                }
                 Ok(_) => {
                     c.phase = Phase::Upgrading;
                     let req = std::mem::take(&mut c.request);

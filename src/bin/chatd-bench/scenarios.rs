@@ -213,6 +213,7 @@ pub fn run(args: &Args, sources: &[Ipv4Addr]) -> io::Result<Report> {
             rate,
             logins_per_sec,
         } => group(args, sources, members, 1, rate, 64, Some(logins_per_sec)),
+        Scenario::RawServer { .. } => unreachable!("handled in main"),
     }
 }
 
@@ -269,7 +270,7 @@ fn connect(
     path: &str,
     hold: Duration,
 ) -> io::Result<Report> {
-    let mut pool = Pool::new()?;
+    let mut pool = Pool::new(false)?;
     let mut events = Vec::new();
     let before = args.server_pid.and_then(sample);
     let started = Instant::now();
@@ -331,7 +332,7 @@ fn echo(
     size: usize,
     path: &str,
 ) -> io::Result<Report> {
-    let mut pool = Pool::new()?;
+    let mut pool = Pool::new(args.raw)?;
     let mut events = Vec::new();
     let (ids, failed) = open_all(&mut pool, args, sources, n, path, &mut events)?;
     let mut report = Report::new("echo");
@@ -394,7 +395,7 @@ fn broadcast(
     inflight: usize,
     path: &str,
 ) -> io::Result<Report> {
-    let mut pool = Pool::new()?;
+    let mut pool = Pool::new(args.raw)?;
     let mut events = Vec::new();
     let (ids, failed) = open_all(&mut pool, args, sources, receivers + 1, path, &mut events)?;
     let mut report = Report::new("broadcast");
@@ -555,7 +556,7 @@ fn dm(
     pairs: usize,
     inflight: usize,
 ) -> io::Result<Report> {
-    let mut pool = Pool::new()?;
+    let mut pool = Pool::new(false)?;
     let mut events = Vec::new();
     let run = std::process::id();
     let users: Vec<String> = (0..pairs * 2)
@@ -645,7 +646,7 @@ fn group(
     inflight: usize,
     storm: Option<f64>,
 ) -> io::Result<Report> {
-    let mut pool = Pool::new()?;
+    let mut pool = Pool::new(false)?;
     let mut events = Vec::new();
     let run = std::process::id();
     let name = format!("bench{run}");

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs the transport scenarios (echo, broadcast fan-out, idle connections) against chatd and
+# against Node's `ws` (installed from the npm registry into a temporary folder), and prints the
+# figures side by side with their ratios. Both servers get core 0, the load tool core 1.
+#
+# usage: scripts/compare.sh [OUT.jsonl]
+# env:   DURATION (default 10s)  WS_VERSION (default 8.23.0)  IDLE (default 10000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-$(mktemp --suffix=.jsonl)}
+DURATION=${DURATION:-10s}
+WS_VERSION=${WS_VERSION:-8.23.0}
+IDLE=${IDLE:-10000}
+cargo build --release --quiet --bin chatd --bin chatd-bench
+command -v node >/dev/null || { echo "node is needed for the comparison" >&2; exit 2; }
+
+WORK=$(mktemp -d)
+DATA="$WORK/data"
+PID=
+trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+( cd "$WORK" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund "ws@$WS_VERSION" >/dev/null )
+# A ws server with the same two endpoints as `chatd --echo`: /echo and /broadcast.
+cat > "$WORK/server.js" <<'JS'
+const { WebSocketServer } = require('ws');
+const port = Number(process.argv[2]);
+const wss = new WebSocketServer({ port, host: '127.0.0.1', perMessageDeflate: false, maxPayload: 16 << 20 });
+const room = new Set();
+wss.on('connection', (sock, req) => {
+  if (req.url === '/broadcast') {
+    room.add(sock);
+    sock.on('close', () => room.delete(sock));
+    sock.on('message', (data, isBinary) => {
+      for (const peer of room) if (peer !== sock) peer.send(data, { binary: isBinary });
+    });
+  } else {
+    sock.on('message', (data, isBinary) => sock.send(data, { binary: isBinary }));
+  }
+});
+wss.on('listening', () => console.error(`ws ${require('ws/package.json').version} listening on ${port}`));
+JS
+
+# Core pinning as a command prefix (not a function: a function in the background would be a
+# subshell, and $! would name the subshell instead of the server).
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then CORE0=(taskset -c 0); CORE1=(taskset -c 1); else CORE0=(); CORE1=(); fi
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "server on $1 did not start" >&2; exit 1
+}
+start() {
+  kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true
+  case $1 in
+    chatd) rm -rf "$DATA"; "${CORE0[@]}" ./target/release/chatd --listen 127.0.0.1:9331 --data-dir "$DATA" --echo \
+             --log-level warn --max-message-size 16777216 --max-queued-bytes 67108864 & PID=$!; PORT=9331 ;;
+    ws)    "${CORE0[@]}" node "$WORK/server.js" 9332 & PID=$!; PORT=9332 ;;
+  esac
+  wait_port $PORT
+}
+run() {
+  local server=$1 label=$2; shift 2
+  echo "== $server: $label" >&2
+  "${CORE1[@]}" ./target/release/chatd-bench --server "127.0.0.1:$PORT" --server-pid $PID --duration "$DURATION" "$@" \
+    | tail -1 | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(server='$server', label='$label'); print(json.dumps(d))" >> "$OUT"
+}
+
+: > "$OUT"
+for server in chatd ws; do
+  start $server
+  run $server "echo 100x8 64B" echo --connections 100 --inflight 8 --size 64
+  run $server "broadcast 1000 64B" broadcast --receivers 1000 --size 64
+  start $server
+  run $server "idle $IDLE" connect --connections "$IDLE" --path /echo --hold 2s
+done
+
+python3 - "$OUT" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {(r['server'], r['label']): r for r in rows}
+labels = list(dict.fromkeys(r['label'] for r in rows))
+def fig(r, key): return r.get(key, float('nan')) if r else float('nan')
+print(f"{'scenario':<20}{'metric':<22}{'chatd':>14}{'ws':>14}{'chatd/ws':>10}")
+for label in labels:
+    c, w = by.get(('chatd', label)), by.get(('ws', label))
+    metrics = [('per_sec', 'per second'), ('per_server_cpu_s', 'per server CPU-s'), ('p99_us', 'p99 latency us')]
+    if label.startswith('idle'):
+        metrics = [('rss_kib_per_conn', 'KiB per connection'), ('handshakes_per_s', 'handshakes per s')]
+    for key, name in metrics:
+        a, b = fig(c, key), fig(w, key)
+        print(f"{label:<20}{name:<22}{a:>14.2f}{b:>14.2f}{(a / b if b else float('nan')):>10.2f}")
+print(f"(JSON lines in {sys.argv[1]})")
+PY
