@@ -3,8 +3,9 @@
 //
 // How an upload ends (docs/protocol.md, "file.upload"):
 //   - success: a `file.done` event {file_id, msg_id, ts} (the uploader gets no `message` event);
-//   - failure after the `ok`: an `error` reply carrying the `re` of the `file.upload` request
-//     again (too many bytes, disk trouble, the commit failed), which the app passes to fail();
+//   - failure after the `ok`: an `error` with the upload's `file_id` and no `re`, since the
+//     request already had its one reply (too many bytes, disk trouble, the commit failed, the
+//     user left the group); the app passes it to handleLateReply();
 //   - the socket closes: the upload is lost (the server drops the partial file) and has to be
 //     started again; the app calls handleDisconnect().
 
@@ -101,8 +102,8 @@ export class Upload {
   /** The app passes every `file.done` event here; true when it was ours. */
   handleDone(event) {
     if (this.fileId === null) {
-      // For an empty file the server sends file.done before the ok with the file_id today
-      // (docs/protocol.md, "Known deviations"): keep it until the ok has come.
+      // The ok has not been read yet (the server sends it first, but this handler may run
+      // before the awaited reply resolves): keep the event until the ok has come.
       this.earlyDone = event;
       return true;
     }
@@ -111,9 +112,10 @@ export class Upload {
     return true;
   }
 
-  /** The app passes a reply nobody was waiting for here; true when it ended this upload. */
+  /** The app passes an error nobody was waiting for here; true when it ended this upload. */
   handleLateReply(reply) {
-    if (reply.type !== "error" || reply.re !== this.requestId) return false;
+    // The file.upload request already had its ok: a later failure names the upload by file_id.
+    if (reply.type !== "error" || reply.file_id === undefined || reply.file_id !== this.fileId) return false;
     this.rejectDone(new ServerError(reply.code, reply.message));
     return true;
   }
