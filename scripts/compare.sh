@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the transport scenarios (echo, broadcast fan-out, idle connections) against chatd and
-# against Node's `ws` (installed from the npm registry into a temporary folder), and prints the
-# figures side by side with their ratios. Both servers get core 0, the load tool core 1.
+# against Node's `ws` (installed from the npm registry into a temporary folder), and the echo and
+# broadcast ones against a raw TCP server that moves the same bytes without WebSocket work
+# (`chatd-bench raw-server`), and prints the figures side by side with ratios. Every server gets
+# core 0, the load tool core 1.
 #
 # usage: scripts/compare.sh [OUT.jsonl]
 # env:   DURATION (default 10s)  WS_VERSION (default 8.23.0)  IDLE (default 10000)
@@ -52,6 +54,8 @@ start() {
     chatd) rm -rf "$DATA"; "${CORE0[@]}" ./target/release/chatd --listen 127.0.0.1:9331 --data-dir "$DATA" --echo \
              --log-level warn --max-message-size 16777216 --max-queued-bytes 67108864 & PID=$!; PORT=9331 ;;
     ws)    "${CORE0[@]}" node "$WORK/server.js" 9332 & PID=$!; PORT=9332 ;;
+    raw-echo) "${CORE0[@]}" ./target/release/chatd-bench --server 127.0.0.1:9333 raw-server & PID=$!; PORT=9333 ;;
+    raw-broadcast) "${CORE0[@]}" ./target/release/chatd-bench --server 127.0.0.1:9334 raw-server --broadcast & PID=$!; PORT=9334 ;;
   esac
   wait_port $PORT
 }
@@ -70,6 +74,10 @@ for server in chatd ws; do
   start $server
   run $server "idle $IDLE" connect --connections "$IDLE" --path /echo --hold 2s
 done
+start raw-echo
+run raw "echo 100x8 64B" --raw echo --connections 100 --inflight 8 --size 64
+start raw-broadcast
+run raw "broadcast 1000 64B" --raw broadcast --receivers 1000 --size 64
 
 python3 - "$OUT" <<'PY'
 import json, sys
@@ -77,14 +85,15 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {(r['server'], r['label']): r for r in rows}
 labels = list(dict.fromkeys(r['label'] for r in rows))
 def fig(r, key): return r.get(key, float('nan')) if r else float('nan')
-print(f"{'scenario':<20}{'metric':<22}{'chatd':>14}{'ws':>14}{'chatd/ws':>10}")
+print(f"{'scenario':<20}{'metric':<22}{'chatd':>14}{'ws':>14}{'chatd/ws':>10}{'raw TCP':>14}{'raw/chatd':>10}")
 for label in labels:
-    c, w = by.get(('chatd', label)), by.get(('ws', label))
+    c, w, r = by.get(('chatd', label)), by.get(('ws', label)), by.get(('raw', label))
     metrics = [('per_sec', 'per second'), ('per_server_cpu_s', 'per server CPU-s'), ('p99_us', 'p99 latency us')]
     if label.startswith('idle'):
         metrics = [('rss_kib_per_conn', 'KiB per connection'), ('handshakes_per_s', 'handshakes per s')]
     for key, name in metrics:
-        a, b = fig(c, key), fig(w, key)
-        print(f"{label:<20}{name:<22}{a:>14.2f}{b:>14.2f}{(a / b if b else float('nan')):>10.2f}")
+        a, b, x = fig(c, key), fig(w, key), fig(r, key)
+        print(f"{label:<20}{name:<22}{a:>14.2f}{b:>14.2f}{(a / b if b else float('nan')):>10.2f}"
+              f"{x:>14.2f}{(x / a if a else float('nan')):>10.2f}")
 print(f"(JSON lines in {sys.argv[1]})")
 PY

@@ -104,7 +104,9 @@ pub struct Config {
     #[arg(long, env = "CHATD_LISTEN_BACKLOG", default_value_t = 4096)]
     pub listen_backlog: u32,
 
-    /// Serve `/echo`, which echoes every message with its opcode (for conformance tools).
+    /// Serve `/echo`, which echoes every message with its opcode (for conformance tools), and
+    /// `/broadcast`, which sends every message to every other `/broadcast` connection (for
+    /// transport benchmarks).
     #[arg(long, env = "CHATD_ECHO")]
     pub echo: bool,
 

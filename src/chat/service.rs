@@ -34,8 +34,9 @@ use crate::ws::{frame, CloseCode, Opcode};
 /// A connection, by its slab key.
 pub type ConnId = usize;
 
-/// Requests a connection may have waiting behind a password check; more are refused with
-/// `rate_limited`.
+/// Requests a connection may have waiting behind an earlier reply (a password check, a
+/// commit); one more closes the connection with 1008, since answering it early would break the
+/// order of replies.
 const MAX_HELD: usize = 64;
 
 /// Upload bytes a connection may have waiting behind a request (a `file.upload` still waiting
@@ -1826,10 +1827,17 @@ impl Service {
         let file_id = up.id.clone();
         // The sender may have left or been removed from the group while uploading.
         if let Target::Group(g) = pending.target {
-            if !matches!(self.store.role(g, pending.sender), Ok(Some(_))) {
+            let refusal = match self.store.role(g, pending.sender) {
+                Ok(Some(_)) => None,
+                Ok(None) => Some((
+                    "forbidden",
+                    Failure::new(ErrorCode::Forbidden, "no longer a member of this group"),
+                )),
+                Err(e) => Some(("storage", Failure::from(e))),
+            };
+            if let Some((reason, f)) = refusal {
                 up.abort();
-                self.upload_failed("forbidden");
-                let f = Failure::new(ErrorCode::Forbidden, "no longer a member of this group");
+                self.upload_failed(reason);
                 self.reply_in_order(conn, &None, Err(f.for_file(&file_id)));
                 return;
             }
