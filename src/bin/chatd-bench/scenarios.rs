@@ -667,11 +667,16 @@ fn group(
         &json!({"type": "group.join", "group": name}),
         &mut events,
     )?;
-    // Let the join and presence events settle before measuring.
-    let settle = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < settle {
+    // Let the join and presence events drain before measuring: every join is announced to
+    // every member, so a large group's setup sends N^2/2 events. Wait for half a second of quiet.
+    let give_up = Instant::now() + SETUP_TIMEOUT;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_millis(500) && Instant::now() < give_up {
         events.clear();
         pool.poll(Some(Duration::from_millis(10)), &mut events)?;
+        if !events.is_empty() {
+            quiet_since = Instant::now();
+        }
     }
     // Password users for the storm: registered now (the server hashes each once).
     let storm_users: Vec<String> = if storm.is_some() {
