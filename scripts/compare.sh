@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Runs the transport scenarios (echo, broadcast fan-out, idle connections) against chatd and
-# against Node's `ws` (installed from the npm registry into a temporary folder), and the echo and
+# Runs the transport scenarios (echo, broadcast fan-out, idle connections) against chatd, Node's
+# `ws` and Bun's built-in server (uWebSockets), both installed from the npm registry into a
+# temporary folder, and the echo and
 # broadcast ones against a raw TCP server that moves the same bytes without WebSocket work
 # (`chatd-bench raw-server`), and prints the figures side by side with ratios. Every server gets
 # core 0, the load tool core 1.
 #
 # usage: scripts/compare.sh [OUT.jsonl]
-# env:   DURATION (default 10s)  WS_VERSION (default 8.23.0)  IDLE (default 10000)
+# env:   DURATION (default 10s)  WS_VERSION (default 8.23.0)  BUN_VERSION (default 1.4.5; Bun is
+#        skipped where its linux-x64 package does not run)  IDLE (default 10000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-$(mktemp --suffix=.jsonl)}
 DURATION=${DURATION:-10s}
 WS_VERSION=${WS_VERSION:-8.23.0}
+BUN_VERSION=${BUN_VERSION:-1.4.5}
 IDLE=${IDLE:-10000}
 cargo build --release --quiet --bin chatd --bin chatd-bench
 command -v node >/dev/null || { echo "node is needed for the comparison" >&2; exit 2; }
@@ -21,6 +24,38 @@ DATA="$WORK/data"
 PID=
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 ( cd "$WORK" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund "ws@$WS_VERSION" >/dev/null )
+SERVERS="chatd ws"
+BUN="$WORK/node_modules/@oven/bun-linux-x64/bin/bun"
+if ( cd "$WORK" && npm install --silent --no-audit --no-fund "@oven/bun-linux-x64@$BUN_VERSION" >/dev/null 2>&1 ) && "$BUN" --version >/dev/null 2>&1; then
+  SERVERS="chatd ws bun"
+else
+  echo "Bun $BUN_VERSION is not available here; comparing with ws only" >&2
+fi
+# The same two endpoints on Bun's server (uWebSockets underneath): publish() reaches every
+# subscriber but the sender.
+cat > "$WORK/bun-server.js" <<'JS'
+const port = Number(process.argv[2]);
+Bun.serve({
+  port,
+  hostname: "127.0.0.1",
+  fetch(req, server) {
+    const path = new URL(req.url).pathname;
+    if (server.upgrade(req, { data: { path } })) return;
+    return new Response("not found", { status: 404 });
+  },
+  websocket: {
+    perMessageDeflate: false,
+    maxPayloadLength: 16 << 20,
+    backpressureLimit: 64 << 20,
+    open(ws) { if (ws.data.path === "/broadcast") ws.subscribe("room"); },
+    message(ws, message) {
+      if (ws.data.path === "/broadcast") ws.publish("room", message);
+      else ws.send(message);
+    },
+  },
+});
+console.error(`bun ${Bun.version} listening on ${port}`);
+JS
 # A ws server with the same two endpoints as `chatd --echo`: /echo and /broadcast.
 cat > "$WORK/server.js" <<'JS'
 const { WebSocketServer } = require('ws');
@@ -54,6 +89,7 @@ start() {
     chatd) rm -rf "$DATA"; "${CORE0[@]}" ./target/release/chatd --listen 127.0.0.1:9331 --data-dir "$DATA" --echo \
              --log-level warn --max-message-size 16777216 --max-queued-bytes 67108864 & PID=$!; PORT=9331 ;;
     ws)    "${CORE0[@]}" node "$WORK/server.js" 9332 & PID=$!; PORT=9332 ;;
+    bun)   "${CORE0[@]}" "$BUN" "$WORK/bun-server.js" 9335 & PID=$!; PORT=9335 ;;
     raw-echo) "${CORE0[@]}" ./target/release/chatd-bench --server 127.0.0.1:9333 raw-server & PID=$!; PORT=9333 ;;
     raw-broadcast) "${CORE0[@]}" ./target/release/chatd-bench --server 127.0.0.1:9334 raw-server --broadcast & PID=$!; PORT=9334 ;;
   esac
@@ -67,7 +103,7 @@ run() {
 }
 
 : > "$OUT"
-for server in chatd ws; do
+for server in $SERVERS; do
   start $server
   run $server "echo 100x8 64B" echo --connections 100 --inflight 8 --size 64
   run $server "broadcast 1000 64B" broadcast --receivers 1000 --size 64
@@ -85,15 +121,16 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {(r['server'], r['label']): r for r in rows}
 labels = list(dict.fromkeys(r['label'] for r in rows))
 def fig(r, key): return r.get(key, float('nan')) if r else float('nan')
-print(f"{'scenario':<20}{'metric':<22}{'chatd':>14}{'ws':>14}{'chatd/ws':>10}{'raw TCP':>14}{'raw/chatd':>10}")
+print(f"{'scenario':<20}{'metric':<22}{'chatd':>12}{'ws':>12}{'chatd/ws':>9}{'bun':>12}{'chatd/bun':>10}{'raw TCP':>12}{'raw/chatd':>10}")
 for label in labels:
-    c, w, r = by.get(('chatd', label)), by.get(('ws', label)), by.get(('raw', label))
+    c, w, u, r = (by.get((s, label)) for s in ('chatd', 'ws', 'bun', 'raw'))
     metrics = [('per_sec', 'per second'), ('per_server_cpu_s', 'per server CPU-s'), ('p99_us', 'p99 latency us')]
     if label.startswith('idle'):
         metrics = [('rss_kib_per_conn', 'KiB per connection'), ('handshakes_per_s', 'handshakes per s')]
     for key, name in metrics:
-        a, b, x = fig(c, key), fig(w, key), fig(r, key)
-        print(f"{label:<20}{name:<22}{a:>14.2f}{b:>14.2f}{(a / b if b else float('nan')):>10.2f}"
-              f"{x:>14.2f}{(x / a if a else float('nan')):>10.2f}")
+        a, b, y, x = fig(c, key), fig(w, key), fig(u, key), fig(r, key)
+        ratio = lambda p, q: p / q if q and q == q else float('nan')
+        print(f"{label:<20}{name:<22}{a:>12.2f}{b:>12.2f}{ratio(a, b):>9.2f}{y:>12.2f}{ratio(a, y):>10.2f}"
+              f"{x:>12.2f}{ratio(x, a):>10.2f}")
 print(f"(JSON lines in {sys.argv[1]})")
 PY

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::rc::Rc;
 
+use crate::ws::{frame, Opcode};
+
 /// Bytes received but not yet used (a partial HTTP head, a partial frame header), compacted to
 /// the front as they are used.
 #[derive(Debug, Default)]
@@ -78,13 +80,18 @@ impl Chunk {
 const COALESCE_LIMIT: usize = 16 * 1024;
 
 /// Most iovecs handed to one `writev`.
-const MAX_IOVECS: usize = 64;
+pub const MAX_IOVECS: usize = 64;
 
 /// Output waiting for the socket.
+///
+/// The front chunk is held inline and the rest in a deque that exists only while more than one
+/// chunk waits, so the common case (one reply, one broadcast frame) allocates nothing for the
+/// queue itself, and an emptied queue holds no memory.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    chunks: VecDeque<Chunk>,
-    /// Bytes of the front chunk already written.
+    head: Option<Chunk>,
+    rest: VecDeque<Chunk>,
+    /// Bytes of the head chunk already written.
     head_written: usize,
     /// Bytes queued and not yet written.
     queued: usize,
@@ -101,6 +108,29 @@ impl OutQueue {
         self.queued == 0
     }
 
+    /// The last chunk if more owned bytes may be appended to it: owned, not partly written,
+    /// and with room under the coalescing limit for `more` bytes.
+    fn tail_for(&mut self, more: usize) -> Option<&mut Vec<u8>> {
+        let appendable = !self.rest.is_empty() || self.head_written == 0;
+        let last = match self.rest.back_mut() {
+            Some(last) => Some(last),
+            None => self.head.as_mut(),
+        };
+        match last {
+            Some(Chunk::Owned(v)) if appendable && v.len() + more <= COALESCE_LIMIT => Some(v),
+            _ => None,
+        }
+    }
+
+    fn push_chunk(&mut self, chunk: Chunk) {
+        if self.head.is_none() {
+            self.head = Some(chunk);
+            self.head_written = 0;
+        } else {
+            self.rest.push_back(chunk);
+        }
+    }
+
     /// Queues bytes for this connection alone.
     pub fn push(&mut self, bytes: Vec<u8>) {
         if bytes.is_empty() {
@@ -108,16 +138,28 @@ impl OutQueue {
         }
         self.queued += bytes.len();
         if bytes.len() < COALESCE_LIMIT {
-            // Don't append to a front chunk that is partly written: its offset must stay valid.
-            let can_append = self.chunks.len() > 1 || self.head_written == 0;
-            if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
-                if can_append && last.len() + bytes.len() <= COALESCE_LIMIT {
-                    last.extend_from_slice(&bytes);
-                    return;
-                }
+            if let Some(tail) = self.tail_for(bytes.len()) {
+                tail.extend_from_slice(&bytes);
+                return;
             }
         }
-        self.chunks.push_back(Chunk::Owned(bytes));
+        self.push_chunk(Chunk::Owned(bytes));
+    }
+
+    /// Encodes an unmasked frame straight into the queue (into the last chunk when it fits),
+    /// without an intermediate buffer.
+    pub fn push_frame(&mut self, opcode: Opcode, payload: &[u8]) {
+        let len = frame::header_len(payload.len(), false) + payload.len();
+        self.queued += len;
+        if let Some(tail) = self.tail_for(len) {
+            frame::write_header(tail, true, opcode, payload.len(), None);
+            tail.extend_from_slice(payload);
+            return;
+        }
+        let mut bytes = Vec::with_capacity(len.clamp(256, COALESCE_LIMIT).max(len));
+        frame::write_header(&mut bytes, true, opcode, payload.len(), None);
+        bytes.extend_from_slice(payload);
+        self.push_chunk(Chunk::Owned(bytes));
     }
 
     /// Queues bytes shared with other connections.
@@ -126,49 +168,62 @@ impl OutQueue {
             return;
         }
         self.queued += bytes.len();
-        self.chunks.push_back(Chunk::Shared(bytes));
+        self.push_chunk(Chunk::Shared(bytes));
     }
 
-    /// Fills `out` with slices of the queued bytes, front first, for one vectored write.
-    pub fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) {
-        for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-            let bytes = chunk.bytes();
-            let skip = if i == 0 { self.head_written } else { 0 };
-            out.push(IoSlice::new(&bytes[skip..]));
+    /// Points `iov` at the queued bytes, front first, for one vectored write; returns how many
+    /// entries it filled.
+    pub fn fill<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        if let Some(head) = &self.head {
+            if n < iov.len() {
+                iov[n] = IoSlice::new(&head.bytes()[self.head_written..]);
+                n += 1;
+            }
         }
+        for chunk in &self.rest {
+            if n == iov.len() {
+                break;
+            }
+            iov[n] = IoSlice::new(chunk.bytes());
+            n += 1;
+        }
+        n
     }
 
     /// Drops `n` written bytes from the front; frees the queue's memory when it empties.
     pub fn advance(&mut self, mut n: usize) {
         self.queued -= n;
         while n > 0 {
-            let front_left = self.chunks[0].bytes().len() - self.head_written;
-            if n >= front_left {
-                n -= front_left;
-                self.chunks.pop_front();
+            let Some(head) = &self.head else {
+                break;
+            };
+            let left = head.bytes().len() - self.head_written;
+            if n >= left {
+                n -= left;
+                self.head = self.rest.pop_front();
                 self.head_written = 0;
             } else {
                 self.head_written += n;
                 n = 0;
             }
         }
-        if self.chunks.is_empty() {
-            *self = OutQueue::default();
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
         }
     }
 
     /// Drops everything not yet started, keeping a partly written front chunk so that the
     /// stream stays well-framed; used before a close frame is queued on an overflowing peer.
     pub fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.head_written > 0 && !self.chunks.is_empty());
-        self.chunks.truncate(keep);
-        self.queued = self
-            .chunks
-            .front()
-            .map_or(0, |c| c.bytes().len() - self.head_written);
-        if self.chunks.is_empty() {
-            *self = OutQueue::default();
+        self.rest = VecDeque::new();
+        if self.head_written == 0 {
+            self.head = None;
         }
+        self.queued = self
+            .head
+            .as_ref()
+            .map_or(0, |c| c.bytes().len() - self.head_written);
     }
 
     /// Drops everything.
@@ -182,9 +237,9 @@ mod tests {
     use super::*;
 
     fn flatten(q: &OutQueue) -> Vec<u8> {
-        let mut slices = Vec::new();
-        q.slices(&mut slices);
-        slices.iter().flat_map(|s| s.iter().copied()).collect()
+        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = q.fill(&mut iov);
+        iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
     }
 
     #[test]
@@ -215,7 +270,7 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(b"abc".to_vec());
         q.push(b"def".to_vec());
-        assert_eq!(q.chunks.len(), 1);
+        assert!(q.rest.is_empty(), "coalesced into the head");
         q.push_shared(Rc::from(&b"ghi"[..]));
         assert_eq!(q.queued(), 9);
         q.advance(4);
@@ -224,7 +279,31 @@ mod tests {
         assert_eq!(flatten(&q), b"efghijk");
         q.advance(7);
         assert!(q.is_empty());
-        assert_eq!(q.chunks.capacity(), 0);
+        assert!(q.head.is_none());
+        assert_eq!(q.rest.capacity(), 0);
+    }
+
+    #[test]
+    fn frames_are_encoded_into_the_queue() {
+        let mut q = OutQueue::default();
+        q.push_frame(Opcode::Text, b"Hello");
+        q.push_frame(Opcode::Binary, &[1, 2]);
+        assert_eq!(
+            flatten(&q),
+            vec![0x81, 5, b'H', b'e', b'l', b'l', b'o', 0x82, 2, 1, 2]
+        );
+        assert_eq!(q.queued(), 11);
+        assert!(q.rest.is_empty());
+        // a partly written head is not appended to
+        q.advance(3);
+        q.push_frame(Opcode::Pong, b"");
+        assert_eq!(
+            flatten(&q),
+            vec![b'e', b'l', b'l', b'o', 0x82, 2, 1, 2, 0x8a, 0]
+        );
+        let big = vec![7u8; 70_000];
+        q.push_frame(Opcode::Binary, &big);
+        assert_eq!(q.queued(), 8 + 2 + (10 + 70_000));
     }
 
     #[test]

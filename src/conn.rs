@@ -22,7 +22,7 @@ use std::time::Instant;
 use log::debug;
 use mio::net::TcpStream;
 
-use crate::buffer::{InBuf, OutQueue};
+use crate::buffer::{InBuf, OutQueue, MAX_IOVECS};
 use crate::config::Config;
 use crate::http::{self, HeadLimits, Parsed, Request, Response};
 use crate::metrics::{CloseReason, Metrics};
@@ -651,7 +651,7 @@ impl Conn {
         match self.admit(len, cx) {
             Sent::Queued => {
                 cx.metrics.frames_out += 1;
-                self.output.push(frame::encode(opcode, true, payload, None));
+                self.output.push_frame(opcode, payload);
                 Sent::Queued
             }
             other => other,
@@ -699,24 +699,22 @@ impl Conn {
             if !self.writable || self.output.is_empty() {
                 break;
             }
-            let mut slices: Vec<IoSlice> = Vec::with_capacity(16);
-            self.output.slices(&mut slices);
-            match net::write_vectored(&mut self.socket, &slices) {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let filled = self.output.fill(&mut iov);
+            let written = net::write_vectored(&mut self.socket, &iov[..filled]);
+            match written {
                 Io::Progress(n) => {
-                    drop(slices);
                     cx.metrics.bytes_out += n as u64;
                     self.output.advance(n);
                     self.last_write = cx.now;
                 }
                 Io::WouldBlock => self.writable = false,
                 Io::Closed => {
-                    drop(slices);
                     self.writable = false;
                     self.output.clear();
                     self.advance(Step::Gone(CloseReason::PeerGone), cx);
                 }
                 Io::Failed(e) => {
-                    drop(slices);
                     debug!("{}: write failed: {e}", self.peer);
                     self.writable = false;
                     self.output.clear();
