@@ -9,6 +9,8 @@
 # usage: scripts/compare.sh [OUT.jsonl]
 # env:   DURATION (default 10s)  WS_VERSION (default 8.23.0)  BUN_VERSION (default 1.4.5; Bun is
 #        skipped where its linux-x64 package does not run)  IDLE (default 10000)
+#        ROUNDS (default 1; each round runs every server once, interleaved, and the table shows
+#        medians)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-$(mktemp --suffix=.jsonl)}
@@ -16,6 +18,7 @@ DURATION=${DURATION:-10s}
 WS_VERSION=${WS_VERSION:-8.23.0}
 BUN_VERSION=${BUN_VERSION:-1.4.5}
 IDLE=${IDLE:-10000}
+ROUNDS=${ROUNDS:-1}
 cargo build --release --quiet --bin chatd --bin chatd-bench
 command -v node >/dev/null || { echo "node is needed for the comparison" >&2; exit 2; }
 
@@ -103,22 +106,34 @@ run() {
 }
 
 : > "$OUT"
-for server in $SERVERS; do
-  start $server
-  run $server "echo 100x8 64B" echo --connections 100 --inflight 8 --size 64
-  run $server "broadcast 1000 64B" broadcast --receivers 1000 --size 64
-  start $server
-  run $server "idle $IDLE" connect --connections "$IDLE" --path /echo --hold 2s
+# Rounds interleave the servers, so a slow spell of a shared machine hits all of them; the table
+# shows each figure's median over the rounds.
+for round in $(seq "$ROUNDS"); do
+  for server in $SERVERS; do
+    start $server
+    run $server "echo 100x8 64B" echo --connections 100 --inflight 8 --size 64
+    run $server "broadcast 1000 64B" broadcast --receivers 1000 --size 64
+    start $server
+    run $server "idle $IDLE" connect --connections "$IDLE" --path /echo --hold 2s
+  done
+  start raw-echo
+  run raw "echo 100x8 64B" --raw echo --connections 100 --inflight 8 --size 64
+  start raw-broadcast
+  run raw "broadcast 1000 64B" --raw broadcast --receivers 1000 --size 64
 done
-start raw-echo
-run raw "echo 100x8 64B" --raw echo --connections 100 --inflight 8 --size 64
-start raw-broadcast
-run raw "broadcast 1000 64B" --raw broadcast --receivers 1000 --size 64
 
 python3 - "$OUT" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-by = {(r['server'], r['label']): r for r in rows}
+import statistics
+groups = {}
+for r in rows:
+    groups.setdefault((r['server'], r['label']), []).append(r)
+def median_row(rs):
+    keys = {k for r in rs for k, v in r.items() if isinstance(v, (int, float))}
+    return {k: statistics.median(r[k] for r in rs if k in r) for k in keys}
+by = {key: median_row(rs) for key, rs in groups.items()}
+print(f"medians over {max(len(rs) for rs in groups.values())} round(s)")
 labels = list(dict.fromkeys(r['label'] for r in rows))
 def fig(r, key): return r.get(key, float('nan')) if r else float('nan')
 print(f"{'scenario':<20}{'metric':<22}{'chatd':>12}{'ws':>12}{'chatd/ws':>9}{'bun':>12}{'chatd/bun':>10}{'raw TCP':>12}{'raw/chatd':>10}")

@@ -180,6 +180,8 @@ pub struct Conn {
     pub timer_at: Option<Instant>,
     /// Already in the server's list of connections to finish this iteration.
     pub touched: bool,
+    /// Registered for writable events (only while output waits for the socket).
+    pub write_interest: bool,
     /// The peer's close frame or a protocol error ends the open phase, but only after the
     /// messages that arrived before it have been dispatched (their replies precede our close
     /// frame). Until then nothing more is decoded.
@@ -207,6 +209,7 @@ impl Conn {
             last_write: now,
             timer_at: None,
             touched: false,
+            write_interest: false,
             ending: None,
         }
     }

@@ -282,11 +282,11 @@ impl Server {
             let _ = socket.set_nodelay(true);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
-            if let Err(e) = self.poll.registry().register(
-                &mut socket,
-                Token(key),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut socket, Token(key), Interest::READABLE)
+            {
                 warn!("{peer}: register failed: {e}");
                 continue;
             }
@@ -655,6 +655,24 @@ impl Server {
             if conn.is_finished() {
                 self.reap(key);
                 continue;
+            }
+            // Ask for writable events only while output waits for the socket: otherwise every
+            // acknowledgement from the peer would wake the loop for nothing.
+            let want_writable = conn.queued() > 0;
+            if want_writable != conn.write_interest {
+                let interest = if want_writable {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .reregister(conn.socket_mut(), Token(key), interest)
+                {
+                    warn!("{}: reregister failed: {e}", conn.peer);
+                }
+                conn.write_interest = want_writable;
             }
             let want = conn.deadline(&self.cfg);
             match (conn.timer_at, want) {
