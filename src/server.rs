@@ -323,6 +323,17 @@ impl Server {
         self.dispatch(key, now);
     }
 
+    /// A connection and the context it works in, borrowed together.
+    fn conn_with_cx(&mut self, key: usize, now: Instant) -> Option<(&mut Conn, Cx<'_>)> {
+        let conn = self.conns.get_mut(key)?;
+        let cx = Cx {
+            cfg: &self.cfg,
+            metrics: &mut self.metrics,
+            now,
+        };
+        Some((conn, cx))
+    }
+
     /// Applies the messages one connection sent.
     fn dispatch(&mut self, key: usize, now: Instant) {
         let mut inbox = std::mem::take(&mut self.inbox);
@@ -438,35 +449,29 @@ impl Server {
         } else {
             Err(self.plain(&req))
         };
-        let Server {
-            conns,
-            cfg,
-            metrics,
-            ..
-        } = self;
-        let Some(conn) = conns.get_mut(key) else {
+        let Some((conn, mut cx)) = self.conn_with_cx(key, now) else {
             return;
         };
-        let mut cx = Cx { cfg, metrics, now };
-        match answer {
-            Ok((bytes, route)) => {
-                conn.upgrade(bytes, route, &mut cx);
-                match route {
-                    Route::Chat => {
-                        conn.set_auth_deadline(Some(now + cx.cfg.auth_timeout));
-                        self.service.open(key, conn.peer.ip(), now);
-                    }
-                    Route::Broadcast => self.broadcast_members.push(key),
-                    Route::Echo => {}
-                }
-            }
+        let (bytes, route) = match answer {
+            Ok(upgrade) => upgrade,
             Err(response) => {
                 debug!(
                     "{}: {} {} -> {}",
                     conn.peer, req.method, req.path, response.status
                 );
                 conn.respond(&response, head_only, &mut cx);
+                return;
             }
+        };
+        conn.upgrade(bytes, route, &mut cx);
+        let ip = conn.peer.ip();
+        if route == Route::Chat {
+            conn.set_auth_deadline(Some(now + cx.cfg.auth_timeout));
+        }
+        match route {
+            Route::Chat => self.service.open(key, ip, now),
+            Route::Broadcast => self.broadcast_members.push(key),
+            Route::Echo => {}
         }
     }
 
@@ -489,16 +494,9 @@ impl Server {
                 Ok((meta, path)) => open_range(&path, &meta, req.header("range")),
             }
         };
-        let Server {
-            conns,
-            cfg,
-            metrics,
-            ..
-        } = self;
-        let Some(conn) = conns.get_mut(key) else {
+        let Some((conn, mut cx)) = self.conn_with_cx(key, now) else {
             return;
         };
-        let mut cx = Cx { cfg, metrics, now };
         match outcome {
             Ok((head, file, len)) => conn.respond_file(head, file, len, head_only, &mut cx),
             Err(response) => {

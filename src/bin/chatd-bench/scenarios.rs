@@ -133,7 +133,6 @@ fn round(v: f64) -> f64 {
 
 /// Runs the chosen scenario.
 pub fn run(args: &Args, sources: &[Ipv4Addr]) -> io::Result<Report> {
-    let threads = args.threads.max(1);
     match args.scenario.clone() {
         Scenario::Connect {
             connections,
@@ -145,25 +144,9 @@ pub fn run(args: &Args, sources: &[Ipv4Addr]) -> io::Result<Report> {
             inflight,
             size,
             path,
-        } => {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (args, sources, path) = (args.clone(), sources.to_vec(), path.clone());
-                    let share = connections / threads + usize::from(t < connections % threads);
-                    std::thread::spawn(move || {
-                        echo(&args, &sources, share, inflight, size.max(8), &path)
-                    })
-                })
-                .collect();
-            let before = args.server_pid.and_then(sample);
-            let mut total = Report::new("echo");
-            for h in handles {
-                total.merge(h.join().expect("echo thread")?);
-            }
-            total.server_before = before;
-            total.server_after = args.server_pid.and_then(sample);
-            Ok(total)
-        }
+        } => in_threads(args, "echo", connections, |_, share| {
+            echo(args, sources, share, inflight, size.max(8), &path)
+        }),
         Scenario::Broadcast {
             receivers,
             size,
@@ -177,23 +160,9 @@ pub fn run(args: &Args, sources: &[Ipv4Addr]) -> io::Result<Report> {
             inflight.max(1),
             &path,
         ),
-        Scenario::Dm { pairs, inflight } => {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (args, sources) = (args.clone(), sources.to_vec());
-                    let share = pairs / threads + usize::from(t < pairs % threads);
-                    std::thread::spawn(move || dm(&args, &sources, t, share, inflight.max(1)))
-                })
-                .collect();
-            let before = args.server_pid.and_then(sample);
-            let mut total = Report::new("dm");
-            for h in handles {
-                total.merge(h.join().expect("dm thread")?);
-            }
-            total.server_before = before;
-            total.server_after = args.server_pid.and_then(sample);
-            Ok(total)
-        }
+        Scenario::Dm { pairs, inflight } => in_threads(args, "dm", pairs, |t, share| {
+            dm(args, sources, t, share, inflight.max(1))
+        }),
         Scenario::Group {
             members,
             senders,
@@ -215,6 +184,33 @@ pub fn run(args: &Args, sources: &[Ipv4Addr]) -> io::Result<Report> {
         } => group(args, sources, members, 1, rate, 64, Some(logins_per_sec)),
         Scenario::RawServer { .. } => unreachable!("handled in main"),
     }
+}
+
+/// Runs a scenario on `--threads` threads, each with its share of `total` (connections or
+/// pairs), and merges their reports with the server's CPU and memory over the whole run.
+fn in_threads<F>(args: &Args, name: &str, total: usize, run: F) -> io::Result<Report>
+where
+    F: Fn(usize, usize) -> io::Result<Report> + Sync,
+{
+    let threads = args.threads.max(1);
+    let before = args.server_pid.and_then(sample);
+    let mut merged = Report::new(name);
+    std::thread::scope(|scope| -> io::Result<()> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let share = total / threads + usize::from(t < total % threads);
+                let run = &run;
+                scope.spawn(move || run(t, share))
+            })
+            .collect();
+        for h in handles {
+            merged.merge(h.join().expect("scenario thread")?);
+        }
+        Ok(())
+    })?;
+    merged.server_before = before;
+    merged.server_after = args.server_pid.and_then(sample);
+    Ok(merged)
 }
 
 /// Opens `n` connections on `path` and waits until they are open; returns their ids and the
