@@ -72,6 +72,8 @@ pub struct Server {
     effects: Vec<Effect>,
     /// Open `/broadcast` connections.
     broadcast_members: Vec<usize>,
+    /// Chat connections whose close frame (or protocol error) waits for replies they are owed.
+    ending_later: Vec<usize>,
     max_connections: usize,
     /// The listener may have connections waiting (the last accept did not say WouldBlock).
     accept_ready: bool,
@@ -139,6 +141,7 @@ impl Server {
             service,
             effects: Vec::new(),
             broadcast_members: Vec::new(),
+            ending_later: Vec::new(),
             max_connections,
             accept_ready: true,
             accept_paused: false,
@@ -182,6 +185,7 @@ impl Server {
                     WAKER => {
                         self.service.collect_password_work(now);
                         self.apply_effects(now);
+                        self.settle_endings(now);
                     }
                     Token(key) => {
                         if let Some(conn) = self.conns.get_mut(key) {
@@ -217,6 +221,9 @@ impl Server {
             if self.service.has_batch() {
                 self.service.commit(now);
                 self.apply_effects(now);
+            }
+            if !self.ending_later.is_empty() {
+                self.settle_endings(now);
             }
 
             self.timers.expired(now, &mut fired);
@@ -379,14 +386,33 @@ impl Server {
             }
             None => inbox.clear(),
         }
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.after_dispatch(&mut Cx {
-                cfg: &self.cfg,
-                metrics: &mut self.metrics,
-                now,
-            });
-        }
         self.inbox = inbox;
+        // A close frame (or a protocol error) ends the connection after the replies it is owed:
+        // those waiting for the commit or the password worker come first.
+        if self.service.owes_replies(key) {
+            if !self.ending_later.contains(&key) {
+                self.ending_later.push(key);
+            }
+        } else if let Some((conn, mut cx)) = self.conn_with_cx(key, now) {
+            conn.after_dispatch(&mut cx);
+        }
+    }
+
+    /// Ends the connections whose owed replies have now gone out.
+    fn settle_endings(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.ending_later.len() {
+            let key = self.ending_later[i];
+            if self.conns.contains(key) && self.service.owes_replies(key) {
+                i += 1;
+                continue;
+            }
+            self.ending_later.swap_remove(i);
+            if let Some((conn, mut cx)) = self.conn_with_cx(key, now) {
+                conn.after_dispatch(&mut cx);
+                touch(&mut self.conns, &mut self.touched, key);
+            }
+        }
     }
 
     /// Carries out what the service asked for, in order.
@@ -694,6 +720,7 @@ impl Server {
     }
 
     fn reap(&mut self, key: usize) {
+        self.ending_later.retain(|&k| k != key);
         if self.service.has(key) {
             self.service.close(key);
         }

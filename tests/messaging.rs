@@ -444,3 +444,46 @@ fn deleted_group_takes_its_history() {
     let h = a.ok(json!({"type": "history", "with": "#g"}));
     assert_eq!(h["messages"], json!([]));
 }
+
+#[test]
+fn replies_owed_when_the_client_closes_come_before_the_close_frame() {
+    use std::io::Write;
+    use support::{close_body, masked, read_frame, OP_CLOSE, OP_TEXT};
+    let dir = DataDir::new("closeowed");
+    let secret = "close-secret";
+    let server = chat::start(&dir, &["--jwt-secret", secret]);
+    let (_bob, _) = user(&server, "bob");
+    let exp = chatd::chat::service::now_ms() / 1000 + 60;
+    let token =
+        chatd::chat::auth::sign_jwt(&json!({"sub": "alice", "exp": exp}), secret.as_bytes());
+    let mut raw = server.raw_ws("/ws");
+    raw.write_all(&masked(
+        OP_TEXT,
+        json!({"type": "auth", "id": 1, "token": token})
+            .to_string()
+            .as_bytes(),
+    ))
+    .unwrap();
+    let ok: Value = serde_json::from_slice(&read_frame(&mut raw).unwrap().payload).unwrap();
+    assert_eq!(ok["re"], 1);
+    // A send and the close frame in one write: the send's ok (after its commit) comes first.
+    let mut burst = masked(
+        OP_TEXT,
+        json!({"type": "send", "id": 2, "to": "@bob", "text": "last words"})
+            .to_string()
+            .as_bytes(),
+    );
+    burst.extend(masked(OP_CLOSE, &close_body(1000, b"")));
+    raw.write_all(&burst).unwrap();
+    let first = read_frame(&mut raw).unwrap();
+    assert_eq!(first.opcode, OP_TEXT, "the reply before the close");
+    let reply: Value = serde_json::from_slice(&first.payload).unwrap();
+    assert_eq!(
+        (reply["re"].clone(), reply["type"].clone()),
+        (json!(2), json!("ok")),
+        "{reply}"
+    );
+    let second = read_frame(&mut raw).unwrap();
+    assert_eq!(second.opcode, OP_CLOSE);
+    assert_eq!(second.close_code(), Some(1000));
+}

@@ -309,6 +309,14 @@ impl Service {
         into.append(&mut self.out);
     }
 
+    /// Whether a connection still waits for replies: a password check, sends in the batch, or
+    /// requests held behind them.
+    pub fn owes_replies(&self, conn: ConnId) -> bool {
+        self.sessions
+            .get(&conn)
+            .is_some_and(|s| s.busy.is_some() || s.in_batch > 0 || !s.held.is_empty())
+    }
+
     /// Whether a connection is known to the service.
     pub fn has(&self, conn: ConnId) -> bool {
         self.sessions.contains_key(&conn)
