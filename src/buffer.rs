@@ -127,6 +127,10 @@ impl OutQueue {
             self.head = Some(chunk);
             self.head_written = 0;
         } else {
+            if self.rest.capacity() == 0 {
+                // Bursts come in several frames: one allocation for the first few.
+                self.rest.reserve(8);
+            }
             self.rest.push_back(chunk);
         }
     }

@@ -661,11 +661,12 @@ impl Conn {
         }
     }
 
-    /// Queues an already-encoded frame shared with other connections (a broadcast).
-    pub fn send_shared(&mut self, encoded: &Rc<[u8]>, cx: &mut Cx) -> Sent {
+    /// Queues already-encoded frames (`frames` of them, back to back) shared with other
+    /// connections: a broadcast.
+    pub fn send_shared(&mut self, encoded: &Rc<[u8]>, frames: u64, cx: &mut Cx) -> Sent {
         match self.admit(encoded.len(), cx) {
             Sent::Queued => {
-                cx.metrics.frames_out += 1;
+                cx.metrics.frames_out += frames;
                 self.output.push_shared(encoded.clone());
                 Sent::Queued
             }
@@ -696,7 +697,7 @@ impl Conn {
 
     /// Writes as much queued output as the socket takes. A lingering connection whose output
     /// is all out shuts its side of TCP.
-    pub fn flush(&mut self, cx: &mut Cx) {
+    pub fn flush(&mut self, cx: &mut Cx, cork: &mut [u8]) {
         loop {
             self.refill_body(cx);
             if !self.writable || self.output.is_empty() {
@@ -704,7 +705,7 @@ impl Conn {
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let filled = self.output.fill(&mut iov);
-            let written = net::write_vectored(&mut self.socket, &iov[..filled]);
+            let written = net::write_vectored(&mut self.socket, &iov[..filled], cork);
             match written {
                 Io::Progress(n) => {
                     cx.metrics.bytes_out += n as u64;

@@ -16,6 +16,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ use crate::net::{self, Accept};
 use crate::store::FileMeta;
 use crate::store::Store;
 use crate::timer::{TimerKey, Timers};
-use crate::ws::{CloseCode, Opcode};
+use crate::ws::{frame, CloseCode, Opcode};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -373,12 +374,20 @@ impl Server {
                     ..
                 } = self;
                 let mut cx = Cx { cfg, metrics, now };
+                // Everything this connection sent in the iteration goes to every other member,
+                // encoded once into one buffer that each queue shares: one reference and one
+                // write per member, however many messages the burst holds.
+                let frames = inbox.len() as u64;
+                let mut encoded = Vec::new();
                 for (opcode, data) in inbox.drain(..) {
-                    let frame: std::rc::Rc<[u8]> =
-                        crate::ws::frame::encode(opcode, true, &data, None).into();
+                    frame::write_header(&mut encoded, true, opcode, data.len(), None);
+                    encoded.extend_from_slice(&data);
+                }
+                if frames > 0 {
+                    let burst: Rc<[u8]> = encoded.into();
                     for &member in broadcast_members.iter().filter(|&&m| m != key) {
                         if let Some(conn) = conns.get_mut(member) {
-                            conn.send_shared(&frame, &mut cx);
+                            conn.send_shared(&burst, frames, &mut cx);
                             touch(conns, touched, member);
                         }
                     }
@@ -431,7 +440,7 @@ impl Server {
             let key = match effect {
                 Effect::Send(key, ref frame) => {
                     if let Some(conn) = conns.get_mut(key) {
-                        conn.send_shared(frame, &mut cx);
+                        conn.send_shared(frame, 1, &mut cx);
                     }
                     key
                 }
@@ -675,7 +684,7 @@ impl Server {
                 continue;
             };
             conn.touched = false;
-            conn.flush(&mut cx);
+            conn.flush(&mut cx, &mut self.scratch);
             if conn.is_finished() {
                 self.reap(key);
                 continue;

@@ -413,6 +413,75 @@ fn fragmented_text_with_ping_between_comes_back_whole() {
     assert_eq!(String::from_utf8(msg.payload).unwrap(), "Héllo, wörld");
 }
 
+/// Many small messages written in one TCP segment come back in order: the replies of one
+/// iteration leave as one buffer, which must not reorder or drop any of them.
+#[test]
+fn a_pipelined_burst_of_small_messages_comes_back_in_order() {
+    let server = echo_server();
+    let mut s = server.raw_ws("/echo");
+    let mut burst = Vec::new();
+    for i in 0..300u32 {
+        burst.extend(masked(OP_TEXT, format!("message {i}").as_bytes()));
+    }
+    // A large one in the middle of the stream, beyond the size that is copied together.
+    let big: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+    burst.extend(masked(OP_BINARY, &big));
+    for i in 300..400u32 {
+        burst.extend(masked(OP_TEXT, format!("message {i}").as_bytes()));
+    }
+    s.write_all(&burst).unwrap();
+    for i in 0..400u32 {
+        if i == 300 {
+            let f = read_frame(&mut s).unwrap();
+            assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, big.len()));
+            assert!(f.payload == big, "large payload changed");
+        }
+        let f = read_frame(&mut s).unwrap();
+        assert_eq!(f.opcode, OP_TEXT, "{f:?}");
+        assert_eq!(
+            String::from_utf8(f.payload).unwrap(),
+            format!("message {i}")
+        );
+    }
+}
+
+/// `/broadcast` of `--echo`: what one member sends reaches every other member, in order, and
+/// not the sender; a burst sent in one segment arrives whole, each frame intact.
+#[test]
+fn broadcast_reaches_every_other_member_in_order() {
+    let server = echo_server();
+    let mut members: Vec<TcpStream> = (0..3).map(|_| server.raw_ws("/broadcast")).collect();
+    // Every member is registered once its handshake is answered; a first message proves the
+    // route works before the burst.
+    members[0].write_all(&masked(OP_TEXT, b"hello")).unwrap();
+    for m in &mut members[1..] {
+        let f = read_frame(m).unwrap();
+        assert_eq!((f.opcode, f.payload.as_slice()), (OP_TEXT, &b"hello"[..]));
+    }
+    let mut burst = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..50u32 {
+        let text = format!("burst {i}");
+        burst.extend(masked(OP_TEXT, text.as_bytes()));
+        expected.push((OP_TEXT, text.into_bytes()));
+    }
+    let big: Vec<u8> = (0..3000u32).map(|i| (i % 241) as u8).collect();
+    burst.extend(masked(OP_BINARY, &big));
+    expected.push((OP_BINARY, big));
+    members[1].write_all(&burst).unwrap();
+    for m in [0, 2] {
+        for (opcode, payload) in &expected {
+            let f = read_frame(&mut members[m]).unwrap();
+            assert!(f.fin && !f.masked && f.rsv == 0, "{f:?}");
+            assert_eq!((f.opcode, &f.payload), (*opcode, payload), "member {m}");
+        }
+    }
+    // The sender got none of it: the next thing it reads is a message from someone else.
+    members[2].write_all(&masked(OP_TEXT, b"from two")).unwrap();
+    let f = read_frame(&mut members[1]).unwrap();
+    assert_eq!(f.payload, b"from two");
+}
+
 #[test]
 fn ping_gets_pong_with_same_payload() {
     let server = echo_server();

@@ -2,7 +2,7 @@
 //! any connection sends to every other connection. No HTTP, no framing, no parsing: the cost
 //! of moving the same bytes through the kernel, for comparison with the WebSocket server.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -33,6 +33,7 @@ pub fn serve(addr: SocketAddr, broadcast: bool) -> io::Result<()> {
     let mut peers: Slab<Peer> = Slab::new();
     let mut events = Events::with_capacity(4096);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut cork = vec![0u8; chatd::net::CORK_LIMIT];
     loop {
         poll.poll(&mut events, None)?;
         let mut dirty = Vec::new();
@@ -101,8 +102,9 @@ pub fn serve(addr: SocketAddr, broadcast: bool) -> io::Result<()> {
                     .enumerate()
                     .map(|(i, c)| io::IoSlice::new(if i == 0 { &c[p.head..] } else { c }))
                     .collect();
-                match p.stream.write_vectored(&slices) {
-                    Ok(mut n) => {
+                // The same cork as the server's: small pieces go out as one buffer.
+                match chatd::net::write_vectored(&mut p.stream, &slices, &mut cork) {
+                    chatd::net::Io::Progress(mut n) => {
                         while n > 0 {
                             let left = p.queue[0].len() - p.head;
                             if n >= left {
@@ -115,7 +117,7 @@ pub fn serve(addr: SocketAddr, broadcast: bool) -> io::Result<()> {
                             }
                         }
                     }
-                    Err(_) => break,
+                    _ => break,
                 }
             }
         }
