@@ -164,9 +164,12 @@ pub struct Conn {
     /// A chat connection must authenticate by then, or be closed.
     auth_deadline: Option<Instant>,
     /// Readiness hints: the socket may have more to read / room to write (edge-triggered, so
-    /// they stay set until a call says WouldBlock).
+    /// they stay set until a call says WouldBlock, or a read comes back short).
     readable: bool,
     writable: bool,
+    /// The peer hung up or the socket errored (an event said so): read until EOF, since no
+    /// further event will come for it.
+    hangup: bool,
     write_shut: bool,
     /// The peer shut its side (EOF) while we still had things to say.
     peer_eof: bool,
@@ -202,6 +205,7 @@ impl Conn {
             auth_deadline: None,
             readable: false,
             writable: true,
+            hangup: false,
             write_shut: false,
             peer_eof: false,
             body: None,
@@ -270,9 +274,10 @@ impl Conn {
     }
 
     /// Records readiness from a poll event.
-    pub fn set_ready(&mut self, readable: bool, writable: bool) {
-        self.readable |= readable;
+    pub fn set_ready(&mut self, readable: bool, writable: bool, hangup: bool) {
+        self.readable |= readable || hangup;
         self.writable |= writable;
+        self.hangup |= hangup;
     }
 
     /// Whether the loop should come back to read more without waiting for an event: the socket
@@ -440,6 +445,13 @@ impl Conn {
                     self.last_seen = cx.now;
                     self.ping_outstanding = false;
                     self.absorb(&mut scratch[..n], cx, inbox);
+                    // A read that did not fill the buffer emptied the socket: bytes arriving
+                    // later raise a new edge event (epoll(7) on stream sockets), so the read
+                    // that would only say WouldBlock is skipped. Not after a hangup: its event
+                    // has already been delivered and the EOF must still be read.
+                    if n < scratch.len() && !self.hangup {
+                        self.readable = false;
+                    }
                 }
                 Io::WouldBlock => self.readable = false,
                 Io::Closed => {

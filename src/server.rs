@@ -190,10 +190,9 @@ impl Server {
                     }
                     Token(key) => {
                         if let Some(conn) = self.conns.get_mut(key) {
-                            // Closed or errored sockets report readable: the read tells which.
-                            let readable =
-                                event.is_readable() || event.is_read_closed() || event.is_error();
-                            conn.set_ready(readable, event.is_writable());
+                            // Closed or errored sockets are read too: the read tells which.
+                            let hangup = event.is_read_closed() || event.is_error();
+                            conn.set_ready(event.is_readable(), event.is_writable(), hangup);
                             touch(&mut self.conns, &mut self.touched, key);
                         }
                     }

@@ -1085,6 +1085,36 @@ fn request_then_half_close_still_gets_the_response() {
     }
 }
 
+/// A read that does not fill the buffer ends reading until the next event. The peer's FIN must
+/// still be seen, whether it comes with the last data or after the server has read it.
+#[test]
+fn a_peer_that_hangs_up_after_sending_is_noticed() {
+    let server = echo_server();
+    let mut sockets = Vec::new();
+    for later in [false, true] {
+        for _ in 0..3 {
+            let mut s = server.raw_ws("/echo");
+            s.write_all(&masked(OP_TEXT, b"last words")).unwrap();
+            if later {
+                // The server reads the message alone, then the FIN arrives on its own.
+                let f = read_frame(&mut s).unwrap();
+                assert_eq!(f.payload, b"last words");
+                thread::sleep(Duration::from_millis(30));
+            }
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            sockets.push(s);
+        }
+    }
+    // Only the /metrics request itself stays open.
+    let open = server.wait_metric("chatd_websockets_open", Duration::from_secs(5), |v| {
+        v == 0.0
+    });
+    assert_eq!(open, 0.0, "the server missed a hangup");
+    for s in &mut sockets {
+        expect_eof(s);
+    }
+}
+
 #[test]
 fn plain_get_with_h2c_upgrade_offer_is_served() {
     let server = Server::start(&[]);

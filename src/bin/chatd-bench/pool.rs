@@ -153,26 +153,23 @@ impl Pool {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             other => other?,
         }
-        let ready: Vec<(usize, bool, bool)> = self
+        let ready: Vec<(usize, bool, bool, bool)> = self
             .events
             .iter()
             .map(|e| {
-                (
-                    e.token().0,
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable(),
-                )
+                let hangup = e.is_read_closed() || e.is_error();
+                (e.token().0, e.is_readable(), e.is_writable(), hangup)
             })
             .collect();
-        for (id, readable, writable) in ready {
+        for (id, readable, writable, hangup) in ready {
             if !self.conns.contains(id) {
                 continue;
             }
             if writable {
                 self.on_writable(id, out);
             }
-            if readable {
-                self.on_readable(id, out);
+            if readable || hangup {
+                self.on_readable(id, hangup, out);
             }
         }
         Ok(())
@@ -227,7 +224,9 @@ impl Pool {
         }
     }
 
-    fn on_readable(&mut self, id: usize, out: &mut Vec<Net>) {
+    /// Reads until the socket is empty: a short read says so (as in the server), except after
+    /// a hangup, where the EOF must still be read.
+    fn on_readable(&mut self, id: usize, hangup: bool, out: &mut Vec<Net>) {
         loop {
             let Some(c) = self.conns.get_mut(id) else {
                 return;
@@ -249,6 +248,9 @@ impl Pool {
             c.input.extend_from_slice(&self.scratch[..n]);
             if let Err(why) = self.process(id, out) {
                 self.close(id, why, out);
+                return;
+            }
+            if n < self.scratch.len() && !hangup {
                 return;
             }
         }

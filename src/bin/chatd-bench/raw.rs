@@ -56,6 +56,7 @@ pub fn serve(addr: SocketAddr, broadcast: bool) -> io::Result<()> {
                 continue;
             }
             let id = ev.token().0;
+            let hangup = ev.is_read_closed() || ev.is_error();
             let mut gone = false;
             while let Some(peer) = peers.get_mut(id) {
                 match peer.stream.read(&mut buf) {
@@ -73,6 +74,10 @@ pub fn serve(addr: SocketAddr, broadcast: bool) -> io::Result<()> {
                         } else {
                             peer.queue.push(chunk);
                             dirty.push(id);
+                        }
+                        // A short read emptied the socket, as in the server.
+                        if n < buf.len() && !hangup {
+                            break;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
