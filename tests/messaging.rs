@@ -378,6 +378,62 @@ fn presence_on_first_and_last_session() {
         .contains(&json!({"user": "bob", "role": "member", "online": false})));
 }
 
+/// Deliveries and presence use the group's member list kept in memory; joins, leaves and kicks
+/// must change it at once, and a user sharing two groups with someone hears of them once.
+#[test]
+fn membership_changes_apply_at_once_to_deliveries_and_presence() {
+    let dir = DataDir::new("membership");
+    let server = chat::start(&dir, &[]);
+    let (mut owner, _) = user(&server, "olga");
+    let (mut joiner, _) = user(&server, "jack");
+    let (mut leaver, leaver_token) = user(&server, "lena");
+    owner.ok(json!({"type": "group.create", "group": "one"}));
+    owner.ok(json!({"type": "group.create", "group": "two"}));
+    leaver.ok(json!({"type": "group.join", "group": "one"}));
+    leaver.ok(json!({"type": "group.join", "group": "two"}));
+    // A first message loads the member list of "one".
+    send(&mut owner, "#one", "before");
+    assert_eq!(leaver.event("message")["text"], "before");
+
+    // A join after that is seen by the next delivery.
+    joiner.ok(json!({"type": "group.join", "group": "one"}));
+    send(&mut owner, "#one", "welcome");
+    assert_eq!(joiner.event("message")["text"], "welcome");
+    assert_eq!(leaver.event("message")["text"], "welcome");
+
+    // Lena shares both groups with Olga: one presence event each way, not two.
+    drop(leaver);
+    assert_eq!(
+        owner.event("presence"),
+        json!({"type": "presence", "user": "lena", "online": false})
+    );
+    owner.no_event("presence", QUIET);
+    let mut leaver = session(&server, &leaver_token);
+    assert_eq!(
+        owner.event("presence"),
+        json!({"type": "presence", "user": "lena", "online": true})
+    );
+    owner.no_event("presence", QUIET);
+
+    // After leaving, no more messages of the group.
+    leaver.ok(json!({"type": "group.leave", "group": "one"}));
+    send(&mut owner, "#one", "after the leave");
+    assert_eq!(joiner.event("message")["text"], "after the leave");
+    leaver.no_event("message", QUIET);
+
+    // A kicked member neither, and its presence no longer reaches the group.
+    owner.ok(json!({"type": "group.kick", "group": "one", "user": "jack"}));
+    send(&mut owner, "#one", "after the kick");
+    joiner.no_event("message", QUIET);
+    drop(joiner);
+    // Lena still shares "two" with Olga; Jack shares nothing with anyone now.
+    owner.no_event("presence", QUIET);
+    // A rejoin brings deliveries back.
+    leaver.ok(json!({"type": "group.join", "group": "one"}));
+    send(&mut owner, "#one", "back");
+    assert_eq!(leaver.event("message")["text"], "back");
+}
+
 #[test]
 fn typing_is_relayed_not_stored_and_rate_limited() {
     let dir = DataDir::new("typing");

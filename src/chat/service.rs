@@ -616,6 +616,13 @@ impl Service {
             .collect()
     }
 
+    fn sessions_of_names(&self, names: &[String]) -> Vec<ConnId> {
+        names
+            .iter()
+            .flat_map(|name| self.online.get(name).into_iter().flatten().copied())
+            .collect()
+    }
+
     // ------------------------------------------------------------------------------------
     // Accounts
     // ------------------------------------------------------------------------------------
@@ -901,18 +908,39 @@ impl Service {
     }
 
     /// `presence` to the online users who share a group with `name`.
+    ///
+    /// The members come from the per-group cache that deliveries use, so a user of a large
+    /// group coming or going costs a walk over that group's names in memory, not a query
+    /// returning every one of them (which, with every member of a 10,000-member group
+    /// reconnecting at once, kept the loop busy for minutes).
     fn announce_presence(&mut self, user: UserId, name: &str, online: bool) {
-        let peers = match self.store.co_members(user) {
-            Ok(p) => p,
+        let groups = match self.store.group_ids_of(user) {
+            Ok(g) => g,
             Err(e) => {
                 warn!("presence of {name} not announced: {e}");
                 return;
             }
         };
-        let conns: Vec<ConnId> = peers
-            .iter()
-            .flat_map(|p| self.online.get(p).into_iter().flatten().copied())
-            .collect();
+        let mut conns: Vec<ConnId> = Vec::new();
+        for &group in &groups {
+            let members = match self.members_of(group) {
+                Ok(m) => m,
+                Err(_) => {
+                    warn!("presence of {name} not announced to group {group}");
+                    continue;
+                }
+            };
+            for member in members.iter().filter(|m| m.as_str() != name) {
+                if let Some(sessions) = self.online.get(member) {
+                    conns.extend_from_slice(sessions);
+                }
+            }
+        }
+        if groups.len() > 1 {
+            // Someone sharing several groups with `name` hears of it once.
+            conns.sort_unstable();
+            conns.dedup();
+        }
         if !conns.is_empty() {
             let event = protocol::event("presence", json!({ "user": name, "online": online }));
             self.broadcast(conns, &event);
@@ -979,7 +1007,11 @@ impl Service {
             );
         }
         match self.store.create_group(name, private, me.user.id, now_ms()) {
-            Ok(_) => Ok(json!({ "group": name })),
+            Ok(id) => {
+                // A deleted group's id may come back: no stale member list may survive it.
+                self.members_cache.remove(&id);
+                Ok(json!({ "group": name }))
+            }
             Err(StoreError::Conflict) => fail(ErrorCode::Conflict, format!("group {name} exists")),
             Err(e) => Err(e.into()),
         }
@@ -995,7 +1027,7 @@ impl Service {
         };
         Self::allow(actor, action)?;
         self.store.set_role(group.id, me.user.id, Role::Member)?;
-        self.members_cache.remove(&group.id);
+        self.cache_membership(group.id, &me.user.name, true);
         self.announce_membership(&group, "group.joined", &me.user.name, None)?;
         Ok(json!({}))
     }
@@ -1005,7 +1037,7 @@ impl Service {
         let actor = self.actor(me, &group)?;
         Self::allow(actor, Action::Leave)?;
         self.store.remove_member(group.id, me.user.id, false)?;
-        self.members_cache.remove(&group.id);
+        self.cache_membership(group.id, &me.user.name, false);
         self.announce_membership(&group, "group.left", &me.user.name, None)?;
         Ok(json!({}))
     }
@@ -1019,9 +1051,9 @@ impl Service {
         user: &str,
         by: Option<&str>,
     ) -> Result<(), Failure> {
-        let members = self.store.members(group.id)?;
-        let mut conns = self.sessions_of_members(&members);
-        if !members.iter().any(|(n, _)| n == user) {
+        let members = self.members_of(group.id)?;
+        let mut conns = self.sessions_of_names(&members);
+        if !members.iter().any(|n| n == user) {
             conns.extend(self.sessions_of(user));
         }
         let mut fields = json!({ "group": group.name, "user": user });
@@ -1062,19 +1094,19 @@ impl Service {
             },
         )?;
         self.store.remove_member(group.id, target.id, ban)?;
-        self.members_cache.remove(&group.id);
+        self.cache_membership(group.id, &target.name, false);
         let event = protocol::event(
             "group.kicked",
             json!({ "group": group.name, "by": me.user.name }),
         );
         self.broadcast(self.sessions_of(&target.name), &event);
         // The remaining members and every session of the kicked user see the member leave.
-        let members = self.store.members(group.id)?;
+        let members = self.members_of(group.id)?;
         let left = protocol::event(
             "group.left",
             json!({ "group": group.name, "user": target.name, "by": me.user.name }),
         );
-        let mut conns = self.sessions_of_members(&members);
+        let mut conns = self.sessions_of_names(&members);
         conns.extend(self.sessions_of(&target.name));
         self.broadcast(conns, &left);
         Ok(json!({}))
@@ -1113,8 +1145,8 @@ impl Service {
         } else if new != current {
             self.store.set_role(group.id, target.id, new)?;
         }
-        let members = self.store.members(group.id)?;
-        let conns = self.sessions_of_members(&members);
+        let members = self.members_of(group.id)?;
+        let conns = self.sessions_of_names(&members);
         for (user, role) in changes {
             let event = protocol::event(
                 "group.role",
@@ -1250,6 +1282,20 @@ impl Service {
         };
         conns.retain(|&c| c != from_conn);
         Ok(conns)
+    }
+
+    /// Keeps a cached member list in step with a join (`member`) or a departure, so that a
+    /// large group's list is not read back from the store after every change.
+    fn cache_membership(&mut self, group: GroupId, name: &str, member: bool) {
+        let Some(list) = self.members_cache.get_mut(&group) else {
+            return;
+        };
+        let list = Rc::make_mut(list);
+        if !member {
+            list.retain(|n| n != name);
+        } else if !list.iter().any(|n| n == name) {
+            list.push(name.to_string());
+        }
     }
 
     fn members_of(&mut self, group: GroupId) -> Result<Rc<Vec<String>>, Failure> {

@@ -526,6 +526,15 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Ids of the groups a user belongs to.
+    pub fn group_ids_of(&self, user: UserId) -> Result<Vec<GroupId>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT group_id FROM members WHERE user_id = ?1")?;
+        let rows = stmt.query_map(params![user], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Public groups and the user's own groups, with member counts and the user's role.
     pub fn list_groups(&self, user: UserId) -> Result<Vec<GroupSummary>> {
         let mut stmt = self.db.prepare_cached(
@@ -692,16 +701,6 @@ impl Store {
         }
         Ok((page, more))
     }
-
-    /// Names of the other members of every group `user` is in.
-    pub fn co_members(&self, user: UserId) -> Result<Vec<String>> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT DISTINCT u.name FROM members a JOIN members b ON b.group_id = a.group_id
-             JOIN users u ON u.id = b.user_id WHERE a.user_id = ?1 AND b.user_id != ?1",
-        )?;
-        let rows = stmt.query_map(params![user], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
 }
 
 #[cfg(test)]
@@ -794,7 +793,7 @@ mod tests {
         let (page, more) = s.recover(b, 0, 2).unwrap();
         assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
         assert!(more);
-        assert_eq!(s.co_members(a).unwrap(), vec!["b".to_string()]);
+        assert_eq!(s.group_ids_of(a).unwrap(), vec![g]);
         s.delete_group(g).unwrap();
         assert!(s.group("g").unwrap().is_none());
         // the group's history went with it; the direct message stays
