@@ -216,6 +216,9 @@ impl Server {
                 i += 1;
             }
 
+            // Users who came online in this iteration are announced before the messages they
+            // may already have sent are delivered.
+            self.flush_presence(now);
             // The iteration's sends, stored in one transaction; acknowledgements and deliveries
             // are queued only after it commits.
             if self.service.has_batch() {
@@ -443,6 +446,12 @@ impl Server {
                     }
                     key
                 }
+                Effect::SendFrames(key, ref frames, count) => {
+                    if let Some(conn) = conns.get_mut(key) {
+                        conn.send_shared(frames, count.into(), &mut cx);
+                    }
+                    key
+                }
                 Effect::Close(key, code, reason) => {
                     if let Some(conn) = conns.get_mut(key) {
                         conn.advance(Step::Close(code, reason), &mut cx);
@@ -655,6 +664,14 @@ impl Server {
     // End of the iteration
     // ----------------------------------------------------------------------------------------
 
+    /// Announces everyone who came or went since the last call, together.
+    fn flush_presence(&mut self, now: Instant) {
+        if self.service.has_presence() {
+            self.service.flush_presence();
+            self.apply_effects(now);
+        }
+    }
+
     /// Flushes, reaps and reschedules every connection touched in this iteration.
     fn finish_iteration(&mut self, now: Instant) {
         // Chat connections that left the open phase leave the service first; what that says to
@@ -672,6 +689,7 @@ impl Server {
             }
             i += 1;
         }
+        self.flush_presence(now);
         let mut touched = std::mem::take(&mut self.touched);
         for key in touched.drain(..) {
             let mut cx = Cx {

@@ -434,6 +434,73 @@ fn membership_changes_apply_at_once_to_deliveries_and_presence() {
     assert_eq!(leaver.event("message")["text"], "back");
 }
 
+/// Users who come or go together (in one loop iteration) are announced together. Whatever the
+/// timing, an observer hears each change exactly once, and nobody hears of itself.
+#[test]
+fn many_users_coming_and_going_at_once_are_each_announced_once() {
+    const N: usize = 12;
+    let dir = DataDir::new("crowd");
+    let server = chat::start(&dir, &[]);
+    let (mut watcher, _) = user(&server, "watcher");
+    watcher.ok(json!({"type": "group.create", "group": "crowd"}));
+    let mut crowd = Vec::new();
+    let mut tokens = Vec::new();
+    for i in 0..N {
+        let (mut c, token) = user(&server, &format!("crowd{i}"));
+        c.ok(json!({"type": "group.join", "group": "crowd"}));
+        crowd.push(c);
+        tokens.push(token);
+    }
+    // Everyone leaves at once.
+    drop(crowd);
+    let mut gone: Vec<String> = Vec::new();
+    while gone.len() < N {
+        let e = watcher.event("presence");
+        assert_eq!(e["online"], false, "{e}");
+        gone.push(e["user"].as_str().unwrap().to_string());
+    }
+    gone.sort();
+    gone.dedup();
+    assert_eq!(gone.len(), N, "each departure once: {gone:?}");
+    watcher.no_event("presence", QUIET);
+
+    // Everyone comes back at once: all the auth requests go out before any reply is read.
+    let mut crowd: Vec<Client> = tokens
+        .iter()
+        .map(|token| {
+            let mut c = Client::connect(&server);
+            c.send_text(&json!({"type": "auth", "token": token, "id": 1}).to_string());
+            c
+        })
+        .collect();
+    for c in &mut crowd {
+        assert_eq!(c.reply_to(&json!(1))["type"], "ok");
+    }
+    let mut back: Vec<String> = Vec::new();
+    while back.len() < N {
+        let e = watcher.event("presence");
+        assert_eq!(e["online"], true, "{e}");
+        back.push(e["user"].as_str().unwrap().to_string());
+    }
+    back.sort();
+    back.dedup();
+    assert_eq!(back.len(), N, "each arrival once: {back:?}");
+    watcher.no_event("presence", QUIET);
+    for (i, c) in crowd.iter_mut().enumerate() {
+        let me = format!("crowd{i}");
+        let mut heard: Vec<String> = c
+            .events_within("presence", Duration::from_millis(100))
+            .iter()
+            .map(|e| e["user"].as_str().unwrap().to_string())
+            .collect();
+        assert!(!heard.contains(&me), "{me} heard of itself: {heard:?}");
+        let all = heard.len();
+        heard.sort();
+        heard.dedup();
+        assert_eq!(heard.len(), all, "{me} heard someone twice");
+    }
+}
+
 #[test]
 fn typing_is_relayed_not_stored_and_rate_limited() {
     let dir = DataDir::new("typing");

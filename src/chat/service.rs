@@ -48,6 +48,8 @@ const MAX_HELD_BYTES: usize = 16 << 20;
 pub enum Effect {
     /// Queue this encoded text frame on this connection.
     Send(ConnId, Rc<[u8]>),
+    /// Queue these encoded frames (how many), back to back in one buffer, on this connection.
+    SendFrames(ConnId, Rc<[u8]>, u32),
     /// Close this connection with a close frame.
     Close(ConnId, CloseCode, CloseReason),
     /// The connection is now authenticated (`true`: stop its auth timeout) or no longer
@@ -231,8 +233,12 @@ pub struct Service {
     next_msg_id: i64,
     /// Sends accepted in this iteration, committed together.
     batch: Vec<Accepted>,
-    /// Members by group, cached for delivery; dropped when membership changes.
+    /// Members by group, cached for delivery and presence; updated in place on joins, leaves
+    /// and kicks.
     members_cache: HashMap<GroupId, Rc<Vec<String>>>,
+    /// Users whose first session opened (`true`) or last one closed in this iteration, in
+    /// order; announced together by `flush_presence`.
+    presence_changes: Vec<(UserId, String, bool)>,
     /// Replays to send after a reply: (connection, user, since).
     replay: Option<(ConnId, UserId, i64)>,
     /// Messaging counters.
@@ -298,6 +304,7 @@ impl Service {
             next_msg_id,
             batch: Vec::new(),
             members_cache: HashMap::new(),
+            presence_changes: Vec::new(),
             replay: None,
             metrics: ChatMetrics::default(),
             file_metrics: FileMetrics::default(),
@@ -890,7 +897,7 @@ impl Service {
         let first = sessions.len() == 1;
         self.out.push(Effect::Authenticated(conn, true));
         if first {
-            self.announce_presence(user_id, &name, true);
+            self.presence_changes.push((user_id, name, true));
         }
     }
 
@@ -902,27 +909,97 @@ impl Service {
         if conns.is_empty() {
             self.online.remove(name);
             if let Ok(Some(user)) = self.store.user(name) {
-                self.announce_presence(user.id, name, false);
+                self.presence_changes
+                    .push((user.id, name.to_string(), false));
             }
         }
     }
 
-    /// `presence` to the online users who share a group with `name`.
+    /// Whether `presence` events wait for `flush_presence`.
+    pub fn has_presence(&self) -> bool {
+        !self.presence_changes.is_empty()
+    }
+
+    /// Announces this iteration's presence changes to the online users who share a group
+    /// with each changed user; the loop calls it once per iteration, before the flush.
+    ///
+    /// A user in exactly one group (the common case, and every member of one large group
+    /// reconnecting at once) is announced with the group's other changes: their events are
+    /// encoded back to back into one buffer that every online member's queue shares, so a
+    /// member costs one reference and one write per iteration however many users came and
+    /// went. A member that is itself among them gets its own copy without its own events. A
+    /// user in several groups is announced alone, to each interested connection once.
+    pub fn flush_presence(&mut self) {
+        let changes = std::mem::take(&mut self.presence_changes);
+        let mut by_group: Vec<(GroupId, Vec<usize>)> = Vec::new();
+        for (i, (user, name, online)) in changes.iter().enumerate() {
+            let groups = match self.store.group_ids_of(*user) {
+                Ok(g) => g,
+                Err(e) => {
+                    warn!("presence of {name} not announced: {e}");
+                    continue;
+                }
+            };
+            match groups[..] {
+                [] => {}
+                [group] => match by_group.iter_mut().find(|(g, _)| *g == group) {
+                    Some((_, list)) => list.push(i),
+                    None => by_group.push((group, vec![i])),
+                },
+                _ => self.announce_presence(&groups, name, *online),
+            }
+        }
+        for (group, list) in by_group {
+            let Ok(members) = self.members_of(group) else {
+                warn!("presence not announced to group {group}");
+                continue;
+            };
+            let frames: Vec<Rc<[u8]>> = list
+                .iter()
+                .map(|&i| {
+                    let (_, name, online) = &changes[i];
+                    text_frame(&protocol::event(
+                        "presence",
+                        json!({ "user": name, "online": online }),
+                    ))
+                })
+                .collect();
+            let all: Rc<[u8]> = frames.concat().into();
+            let count = frames.len() as u32;
+            for member in members.iter() {
+                let Some(sessions) = self.online.get(member) else {
+                    continue;
+                };
+                let (buffer, count) = if list.iter().any(|&i| changes[i].1 == *member) {
+                    let others: Vec<&[u8]> = list
+                        .iter()
+                        .zip(&frames)
+                        .filter(|(&i, _)| changes[i].1 != *member)
+                        .map(|(_, f)| &f[..])
+                        .collect();
+                    if others.is_empty() {
+                        continue;
+                    }
+                    (others.concat().into(), others.len() as u32)
+                } else {
+                    (all.clone(), count)
+                };
+                for &conn in sessions {
+                    self.out
+                        .push(Effect::SendFrames(conn, Rc::clone(&buffer), count));
+                }
+            }
+        }
+    }
+
+    /// `presence` to the online users who share one of `groups` with `name`, once each.
     ///
     /// The members come from the per-group cache that deliveries use, so a user of a large
     /// group coming or going costs a walk over that group's names in memory, not a query
-    /// returning every one of them (which, with every member of a 10,000-member group
-    /// reconnecting at once, kept the loop busy for minutes).
-    fn announce_presence(&mut self, user: UserId, name: &str, online: bool) {
-        let groups = match self.store.group_ids_of(user) {
-            Ok(g) => g,
-            Err(e) => {
-                warn!("presence of {name} not announced: {e}");
-                return;
-            }
-        };
+    /// returning every one of them.
+    fn announce_presence(&mut self, groups: &[GroupId], name: &str, online: bool) {
         let mut conns: Vec<ConnId> = Vec::new();
-        for &group in &groups {
+        for &group in groups {
             let members = match self.members_of(group) {
                 Ok(m) => m,
                 Err(_) => {

@@ -184,6 +184,22 @@ impl Client {
         }
     }
 
+    /// Every event of type `kind` already queued or arriving within `within`, in order.
+    pub fn events_within(&mut self, kind: &str, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            match self.read_once() {
+                Ok(Some(v)) => self.events.push_back(v),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+        let (matching, rest): (Vec<Value>, Vec<Value>) =
+            self.events.drain(..).partition(|e| e["type"] == kind);
+        self.events.extend(rest);
+        matching
+    }
+
     /// Asserts no event of type `kind` arrives within `within`.
     pub fn no_event(&mut self, kind: &str, within: Duration) {
         assert!(
