@@ -434,6 +434,21 @@ fn membership_changes_apply_at_once_to_deliveries_and_presence() {
     assert_eq!(leaver.event("message")["text"], "back");
 }
 
+/// The next `n` presence events say `online` of `n` different users, and no more follow.
+fn expect_each_once(watcher: &mut Client, n: usize, online: bool) {
+    let mut users: Vec<String> = (0..n)
+        .map(|_| {
+            let e = watcher.event("presence");
+            assert_eq!(e["online"], online, "{e}");
+            e["user"].as_str().unwrap().to_string()
+        })
+        .collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), n, "someone announced twice: {users:?}");
+    watcher.no_event("presence", QUIET);
+}
+
 /// Users who come or go together (in one loop iteration) are announced together. Whatever the
 /// timing, an observer hears each change exactly once, and nobody hears of itself.
 #[test]
@@ -453,16 +468,7 @@ fn many_users_coming_and_going_at_once_are_each_announced_once() {
     }
     // Everyone leaves at once.
     drop(crowd);
-    let mut gone: Vec<String> = Vec::new();
-    while gone.len() < N {
-        let e = watcher.event("presence");
-        assert_eq!(e["online"], false, "{e}");
-        gone.push(e["user"].as_str().unwrap().to_string());
-    }
-    gone.sort();
-    gone.dedup();
-    assert_eq!(gone.len(), N, "each departure once: {gone:?}");
-    watcher.no_event("presence", QUIET);
+    expect_each_once(&mut watcher, N, false);
 
     // Everyone comes back at once: all the auth requests go out before any reply is read.
     let mut crowd: Vec<Client> = tokens
@@ -476,16 +482,7 @@ fn many_users_coming_and_going_at_once_are_each_announced_once() {
     for c in &mut crowd {
         assert_eq!(c.reply_to(&json!(1))["type"], "ok");
     }
-    let mut back: Vec<String> = Vec::new();
-    while back.len() < N {
-        let e = watcher.event("presence");
-        assert_eq!(e["online"], true, "{e}");
-        back.push(e["user"].as_str().unwrap().to_string());
-    }
-    back.sort();
-    back.dedup();
-    assert_eq!(back.len(), N, "each arrival once: {back:?}");
-    watcher.no_event("presence", QUIET);
+    expect_each_once(&mut watcher, N, true);
     for (i, c) in crowd.iter_mut().enumerate() {
         let me = format!("crowd{i}");
         let mut heard: Vec<String> = c
