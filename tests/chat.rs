@@ -167,11 +167,15 @@ fn auth_timeout_closes_unauthenticated_connections_only() {
     let (mut authed, _) = user(&server, "frank");
     let mut idle = Client::connect(&server);
     assert_eq!(idle.closed(), Some(1008));
+    // Closing our side ends the server's lingering close at once; kept open, the count below
+    // would wait for the server's close timeout (5 s, as long as the wait).
+    drop(idle);
     std::thread::sleep(Duration::from_millis(500));
     authed.ok(json!({"type": "whoami"}));
     // after logout the clock starts again
     authed.ok(json!({"type": "logout"}));
     assert_eq!(authed.closed(), Some(1008));
+    drop(authed);
     let closed = server.wait_metric(
         "chatd_connections_closed_total{reason=\"auth_timeout\"}",
         Duration::from_secs(5),
