@@ -170,6 +170,7 @@ mod tests {
         let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
         (TcpStream::from_std(ours), peer)
     }
 
@@ -191,6 +192,77 @@ mod tests {
             other => panic!("write: {other:?}"),
         }
         assert_eq!(read_exactly(&mut peer, 13), b"one two three");
+    }
+
+    /// A socket that takes only part of a corked write: what it did not take is sent by the
+    /// next write, in order. The peer reads slowly so that the send buffer fills up and cuts
+    /// corked writes short.
+    #[test]
+    fn partial_corked_writes_lose_and_reorder_nothing() {
+        use crate::buffer::{OutQueue, MAX_IOVECS};
+        use std::rc::Rc;
+        let (mut ours, mut peer) = pair();
+        peer.set_nonblocking(true).unwrap();
+        let mut cork = vec![0u8; 64 * 1024];
+        let mut queue = OutQueue::default();
+        let (mut expected, mut received) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; 4096];
+        let mut read_some =
+            |peer: &mut std::net::TcpStream, received: &mut Vec<u8>| match peer.read(&mut buf) {
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read: {e}"),
+            };
+        let mut short_corked = 0;
+        let mut round: usize = 0;
+        while expected.len() < (4 << 20) || (short_corked < 3 && round < 200_000) {
+            round += 1;
+            if queue.queued() < 6000 {
+                for k in 0..4 {
+                    let piece: Vec<u8> = (0..40 + (round * 7 + k * 13) % 300)
+                        .map(|i| (i * 31 + round + k) as u8)
+                        .collect();
+                    expected.extend_from_slice(&piece);
+                    if k % 2 == 0 {
+                        queue.push(piece);
+                    } else {
+                        queue.push_shared(Rc::from(piece));
+                    }
+                }
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = queue.fill(&mut iov);
+            let total: usize = iov[..n].iter().map(|s| s.len()).sum();
+            let full = match write_vectored(&mut ours, &iov[..n], &mut cork) {
+                Io::Progress(w) => {
+                    if n > 1 && total <= CORK_LIMIT && w < total {
+                        short_corked += 1;
+                    }
+                    queue.advance(w);
+                    w == total
+                }
+                Io::WouldBlock => false,
+                other => panic!("write: {other:?}"),
+            };
+            if !full {
+                read_some(&mut peer, &mut received);
+            }
+        }
+        while !queue.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = queue.fill(&mut iov);
+            if let Io::Progress(w) = write_vectored(&mut ours, &iov[..n], &mut cork) {
+                queue.advance(w);
+            }
+            read_some(&mut peer, &mut received);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while received.len() < expected.len() && std::time::Instant::now() < deadline {
+            read_some(&mut peer, &mut received);
+        }
+        assert!(short_corked > 0, "no corked write was cut short");
+        assert_eq!(received.len(), expected.len());
+        assert!(received == expected, "the stream changed");
     }
 
     #[test]

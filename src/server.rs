@@ -165,7 +165,10 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut fired = Vec::new();
         loop {
-            let busy = !self.carry.is_empty() || (self.accept_ready && self.can_accept());
+            // A connection reaped in the last flush may have left a departure to announce.
+            let busy = !self.carry.is_empty()
+                || (self.accept_ready && self.can_accept())
+                || self.service.has_presence();
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {

@@ -470,19 +470,17 @@ fn many_users_coming_and_going_at_once_are_each_announced_once() {
     drop(crowd);
     expect_each_once(&mut watcher, N, false);
 
-    // Everyone comes back at once: all the auth requests go out before any reply is read.
-    let mut crowd: Vec<Client> = tokens
-        .iter()
-        .map(|token| {
-            let mut c = Client::connect(&server);
-            c.send_text(&json!({"type": "auth", "token": token, "id": 1}).to_string());
-            c
-        })
-        .collect();
+    // Everyone comes back at once: the connections are opened first, then every auth request
+    // goes out back to back, so that the server takes many of them in one iteration.
+    let mut crowd: Vec<Client> = (0..N).map(|_| Client::connect(&server)).collect();
+    for (c, token) in crowd.iter_mut().zip(&tokens) {
+        c.send_text(&json!({"type": "auth", "token": token, "id": 1}).to_string());
+    }
     for c in &mut crowd {
         assert_eq!(c.reply_to(&json!(1))["type"], "ok");
     }
     expect_each_once(&mut watcher, N, true);
+    let mut heard_of: Vec<Vec<String>> = Vec::new();
     for (i, c) in crowd.iter_mut().enumerate() {
         let me = format!("crowd{i}");
         let mut heard: Vec<String> = c
@@ -495,7 +493,51 @@ fn many_users_coming_and_going_at_once_are_each_announced_once() {
         heard.sort();
         heard.dedup();
         assert_eq!(heard.len(), all, "{me} heard someone twice");
+        heard_of.push(heard);
     }
+    // Of two users, the one online first hears of the other; arriving together, both do.
+    for i in 0..N {
+        for j in i + 1..N {
+            let (a, b) = (format!("crowd{i}"), format!("crowd{j}"));
+            assert!(
+                heard_of[i].contains(&b) || heard_of[j].contains(&a),
+                "neither {a} nor {b} heard of the other"
+            );
+        }
+    }
+}
+
+/// A newcomer's `presence` reaches the others before anything its first commands make them
+/// see, even when the server reads the login and the next command together.
+#[test]
+fn a_newcomer_is_announced_before_its_first_actions() {
+    let dir = DataDir::new("newcomer");
+    let server = chat::start(&dir, &[]);
+    let (mut watcher, _) = user(&server, "watcher");
+    let (mut comer, token) = user(&server, "comer");
+    watcher.ok(json!({"type": "group.create", "group": "g"}));
+    comer.ok(json!({"type": "group.join", "group": "g"}));
+    assert_eq!(watcher.event("group.joined")["user"], "comer");
+    drop(comer);
+    assert_eq!(watcher.event("presence")["online"], false);
+    let mut comer = Client::connect(&server);
+    comer.send_texts_together(&[
+        json!({"type": "auth", "token": token, "id": 1}).to_string(),
+        json!({"type": "typing", "to": "#g", "id": 2}).to_string(),
+        json!({"type": "send", "to": "#g", "text": "I'm back", "id": 3}).to_string(),
+    ]);
+    for id in 1..=3 {
+        assert_eq!(comer.reply_to(&json!(id))["type"], "ok");
+    }
+    let order: Vec<String> = (0..3)
+        .map(|_| {
+            watcher.next().expect("an event")["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(order, ["presence", "typing", "message"]);
 }
 
 #[test]

@@ -478,6 +478,13 @@ impl Service {
         };
         let Request { id, command } = req;
         let identity = self.sessions.get(&conn).and_then(|s| s.identity.clone());
+        // A newcomer's arrival is announced before anything its commands let others see.
+        if let Some(me) = &identity {
+            let user = me.user.id;
+            if self.presence_changes.iter().any(|c| c.2 && c.0 == user) {
+                self.flush_presence();
+            }
+        }
         let result = match (command, identity) {
             (Command::Register { user, password }, _) => {
                 self.register(conn, &id, user, password, now)
@@ -966,11 +973,12 @@ impl Service {
                 .collect();
             let all: Rc<[u8]> = frames.concat().into();
             let count = frames.len() as u32;
+            let changed: HashSet<&str> = list.iter().map(|&i| changes[i].1.as_str()).collect();
             for member in members.iter() {
                 let Some(sessions) = self.online.get(member) else {
                     continue;
                 };
-                let (buffer, count) = if list.iter().any(|&i| changes[i].1 == *member) {
+                let (buffer, count) = if changed.contains(member.as_str()) {
                     let others: Vec<&[u8]> = list
                         .iter()
                         .zip(&frames)
@@ -1241,6 +1249,11 @@ impl Service {
         let members = self.store.members(group.id)?;
         let files = self.store.delete_group(group.id)?;
         self.members_cache.remove(&group.id);
+        // Sends to it waiting for this iteration's commit fail now: a group created later in
+        // the same iteration may be given the same id, and must not receive them.
+        let mut batch = std::mem::take(&mut self.batch);
+        self.drop_sends_to_deleted(&mut batch, |g| g == group.id);
+        self.batch = batch;
         for id in files {
             let _ = std::fs::remove_file(upload::path_of(&self.settings.files_dir, &id));
         }
@@ -1518,15 +1531,33 @@ impl Service {
     /// A group deleted after a send to it was accepted (in the same iteration) takes the send
     /// with it: the sender gets `not_found`, in its place, and the rest of the batch is stored.
     fn drop_deleted_groups(&mut self, batch: &mut [Accepted]) {
-        let mut gone: HashMap<GroupId, bool> = HashMap::new();
+        let mut exists: HashMap<GroupId, bool> = HashMap::new();
+        let store = &self.store;
+        let mut deleted = |g: GroupId| {
+            !*exists
+                .entry(g)
+                .or_insert_with(|| store.group_exists(g).unwrap_or(true))
+        };
+        let gone: Vec<GroupId> = batch
+            .iter()
+            .filter_map(|a| match a.message.as_ref().map(|m| m.to) {
+                Some(Target::Group(g)) if deleted(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        if !gone.is_empty() {
+            self.drop_sends_to_deleted(batch, |g| gone.contains(&g));
+        }
+    }
+
+    /// Answers the batch's sends to the groups `gone` says were deleted with `not_found`, and
+    /// takes them out of what is stored.
+    fn drop_sends_to_deleted(&mut self, batch: &mut [Accepted], gone: impl Fn(GroupId) -> bool) {
         for a in batch.iter_mut() {
             let Some(Target::Group(g)) = a.message.as_ref().map(|m| m.to) else {
                 continue;
             };
-            let exists = *gone
-                .entry(g)
-                .or_insert_with(|| self.store.group_exists(g).unwrap_or(true));
-            if exists {
+            if !gone(g) {
                 continue;
             }
             let message = a.message.take().expect("matched above");

@@ -98,6 +98,14 @@ impl Client {
         self.ws.send(Message::text(text)).expect("send");
     }
 
+    /// Sends several text frames in one write, so that the server reads them together.
+    pub fn send_texts_together(&mut self, texts: &[String]) {
+        for t in texts {
+            self.ws.write(Message::text(t.as_str())).expect("queue");
+        }
+        self.ws.flush().expect("send");
+    }
+
     /// Sends `body` with a fresh `id` and returns the reply (`ok` or `error`).
     pub fn request(&mut self, mut body: Value) -> Value {
         let id = self.next_id;
