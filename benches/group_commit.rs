@@ -2,12 +2,12 @@
 //! one per batch (group commit), in both `--sync` modes.
 //!
 //! `cargo bench --bench group_commit` prints a table and one JSON line. It measures the store
-//! alone, the way the loop uses it: `Store::insert_messages` with batches of 1, 16, 256 and
+//! alone, the way the loop uses it: `Store::apply` (what the store writer thread runs) with batches of 1, 16, 256 and
 //! 4096 messages of 64 bytes.
 
 use std::time::{Duration, Instant};
 
-use chatd::store::{NewMessage, Store, Target};
+use chatd::store::{Batch, NewMessage, Store, Target, Write, Written};
 
 fn main() {
     let total: i64 = std::env::var("BENCH_MESSAGES")
@@ -47,14 +47,33 @@ fn run(full: bool, batch: usize, total: i64) -> (Duration, i64) {
     let _ = std::fs::remove_dir_all(&dir);
     let mut store = Store::open(&dir).expect("open store");
     store.set_synchronous(full).expect("synchronous");
-    let alice = store.create_user("alice", None, 0).unwrap();
-    let bob = store.create_user("bob", None, 0).unwrap();
-    let group = store.create_group("bench", false, alice, 0).unwrap();
+    let user = |name: &str| Write::CreateUser {
+        name: name.into(),
+        password: None,
+        created_ms: 0,
+    };
+    let (ids, _) = store
+        .apply(Batch {
+            writes: vec![user("alice"), user("bob")],
+        })
+        .expect("users");
+    let [Written::Done(alice), Written::Done(bob)] = ids[..] else {
+        panic!("users: {ids:?}");
+    };
+    let group = 1;
+    let writes = vec![Write::CreateGroup {
+        id: group,
+        name: "bench".into(),
+        private: false,
+        owner: alice,
+        created_ms: 0,
+    }];
+    store.apply(Batch { writes }).expect("group");
     let text = "x".repeat(64);
     let started = Instant::now();
     let mut id = 1;
     while id <= total {
-        let rows: Vec<NewMessage> = (0..batch as i64)
+        let writes: Vec<Write> = (0..batch as i64)
             .map(|k| NewMessage {
                 id: id + k,
                 sender: alice,
@@ -68,8 +87,12 @@ fn run(full: bool, batch: usize, total: i64) -> (Duration, i64) {
                 client_id: Some(format!("c{}", id + k)),
                 file: None,
             })
+            .map(|message| Write::Message {
+                message,
+                part: None,
+            })
             .collect();
-        store.insert_messages(&rows).expect("insert");
+        store.apply(Batch { writes }).expect("insert");
         id += batch as i64;
     }
     let took = started.elapsed();

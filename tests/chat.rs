@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use support::chat::{self, session, user, Client, DataDir};
 
 fn now_secs() -> i64 {
-    chatd::chat::service::now_ms() / 1000
+    chatd::chat::now_ms() / 1000
 }
 
 #[test]
@@ -30,7 +30,7 @@ fn register_login_whoami_logout() {
     let token = r["token"].as_str().unwrap();
     assert!(token.len() >= 43, "256-bit token: {token}");
     let expires = r["expires"].as_i64().unwrap();
-    let in_30_days = chatd::chat::service::now_ms() + 30 * 86_400_000;
+    let in_30_days = chatd::chat::now_ms() + 30 * 86_400_000;
     assert!((expires - in_30_days).abs() < 60_000, "{expires}");
     let r = c.ok(json!({"type": "whoami"}));
     assert_eq!(r["user"], "alice");

@@ -27,7 +27,7 @@ fn direct_messages_reach_every_session_but_the_sending_one() {
     let r = a1.ok(json!({"type": "send", "to": "@bob", "text": "hi bob", "client_id": "c1"}));
     let msg_id = r["msg_id"].as_i64().unwrap();
     let ts = r["ts"].as_i64().unwrap();
-    let now = chatd::chat::service::now_ms();
+    let now = chatd::chat::now_ms();
     assert!((now - ts).abs() < 10_000, "ts is server time in ms: {ts}");
     let expected = json!({
         "type": "message", "msg_id": msg_id, "from": "alice", "to": "@bob",
@@ -615,7 +615,7 @@ fn replies_owed_when_the_client_closes_come_before_the_close_frame() {
     let secret = "close-secret";
     let server = chat::start(&dir, &["--jwt-secret", secret]);
     let (_bob, _) = user(&server, "bob");
-    let exp = chatd::chat::service::now_ms() / 1000 + 60;
+    let exp = chatd::chat::now_ms() / 1000 + 60;
     let token =
         chatd::chat::auth::sign_jwt(&json!({"sub": "alice", "exp": exp}), secret.as_bytes());
     let mut raw = server.raw_ws("/ws");
@@ -648,4 +648,27 @@ fn replies_owed_when_the_client_closes_come_before_the_close_frame() {
     let second = read_frame(&mut raw).unwrap();
     assert_eq!(second.opcode, OP_CLOSE);
     assert_eq!(second.close_code(), Some(1000));
+}
+
+#[test]
+fn the_process_runs_three_threads_at_most() {
+    let dir = DataDir::new("threads");
+    let server = chat::start(&dir, &[]);
+    let (mut a, _) = user(&server, "alice");
+    let (mut b, _) = user(&server, "bob");
+    for i in 0..20 {
+        send(&mut a, "@bob", &format!("m{i}"));
+        a.ok(json!({"type": "group.create", "group": format!("g{i}")}));
+    }
+    assert_eq!(b.event("message")["text"], "m0");
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .expect("read /proc/<pid>/task")
+        .map(|e| {
+            let comm = e.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap().trim().to_string()
+        })
+        .collect();
+    names.sort();
+    // The loop, the password worker, the store writer: nothing else.
+    assert_eq!(names, ["chatd", "chatd-passwords", "chatd-store"]);
 }

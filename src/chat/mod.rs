@@ -1,16 +1,36 @@
-//! The chat protocol (v1) on top of the transport, free of sockets.
+//! The chat protocol (v1) on top of the transport, free of sockets, threads and clocks.
 //!
-//! Read in this order: [`protocol`] (the wire schema), [`names`], [`permissions`] (the rules
-//! table), [`auth`] (tokens and JWTs), [`ratelimit`], [`hasher`] (the password worker), [`upload`] (files on disk), then
-//! [`service`], which turns commands into effects.
+//! Read in this order:
+//!
+//! 1. [`protocol`]: the wire schema; [`names`]: what names and passwords may be.
+//! 2. [`permissions`]: the rules table; [`auth`]: session tokens and JWTs; [`ratelimit`].
+//! 3. [`service`]: the [`Service`] type, its inputs (messages, the time, the workers' results)
+//!    and its one output, [`Effect`]s; the command table and the [`Outcome`] of every handler.
+//! 4. [`held`]: replies in request order, and closing after the replies owed.
+//! 5. The handlers by job: [`accounts`], [`presence`], [`groups`], [`messaging`], [`files`].
+//! 6. [`batch`]: the iteration's writes, committed off the loop, and what follows each.
+//! 7. [`metrics`]; the workers the loop runs for the service: [`hasher`] (passwords) and
+//!    [`upload`] (files on disk).
 
+pub mod accounts;
 pub mod auth;
+pub mod batch;
+pub mod files;
+pub mod groups;
 pub mod hasher;
+pub mod held;
+pub mod messaging;
+pub mod metrics;
 pub mod names;
 pub mod permissions;
+pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod service;
 pub mod upload;
 
-pub use service::{ConnId, Effect, Service, Settings};
+#[cfg(test)]
+mod tests;
+
+pub use files::DownloadRefusal;
+pub use service::{now_ms, ConnId, Effect, Now, Outcome, Service, Settings};

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::store::FileMeta;
+use crate::store::{FileMeta, PartFile};
 
 /// Where stored files live under the data dir.
 pub fn files_dir(data_dir: &Path) -> PathBuf {
@@ -116,27 +116,22 @@ impl Upload {
         self.received == self.size
     }
 
-    /// Syncs the file to disk and moves it into place; the metadata to store.
-    pub fn finish(self) -> io::Result<FileMeta> {
-        let result = self
-            .file
-            .sync_all()
-            .and_then(|()| fs::rename(&self.part, &self.done));
-        if let Err(e) = result {
-            let _ = fs::remove_file(&self.part);
-            return Err(e);
-        }
-        // The rename is durable once the directory is synced too.
-        if let Some(dir) = self.done.parent() {
-            let _ = File::open(dir).and_then(|d| d.sync_all());
-        }
-        Ok(FileMeta {
+    /// All bytes are in: the metadata to store, and the partial file, which the store writer
+    /// syncs and moves into place before it commits the message (see [`PartFile::persist`]).
+    pub fn into_part(self) -> (FileMeta, PartFile) {
+        let meta = FileMeta {
             id: self.id,
             name: self.name,
             size: self.size,
             mime: self.mime,
             sha256: hex(&self.sha.finalize()),
-        })
+        };
+        let part = PartFile {
+            file: self.file,
+            part: self.part,
+            done: self.done,
+        };
+        (meta, part)
     }
 
     /// Drops the upload and its partial file.
@@ -168,7 +163,8 @@ mod tests {
         assert!(!u.write(b"he").unwrap());
         assert!(u.write(b"llo").unwrap());
         let id = u.id.clone();
-        let meta = u.finish().unwrap();
+        let (meta, part) = u.into_part();
+        part.persist().unwrap();
         assert_eq!(
             meta.sha256,
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"

@@ -461,7 +461,7 @@ fn broadcast(
 }
 
 fn jwt(args: &Args, user: &str) -> String {
-    let exp = chatd::chat::service::now_ms() / 1000 + 86_400;
+    let exp = chatd::chat::now_ms() / 1000 + 86_400;
     sign_jwt(
         &json!({"sub": user, "exp": exp}),
         args.jwt_secret.as_bytes(),

@@ -1,0 +1,487 @@
+//! Groups: create, join, leave, invite, kick, roles, delete, members, list.
+//!
+//! Each command that changes a group reads what it needs and checks the rules table
+//! ([`permissions`]) on the loop, then joins the batch with its [`Write`]. What others are told
+//! (`group.joined`, `group.left`...) and the cached member list change only once the write is
+//! committed, so nobody hears of a change that a crash could undo.
+
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use super::batch::{plain_result, Then};
+use super::names::valid_name;
+use super::permissions::{self, Action, Actor, Denied};
+use super::protocol::{self, ErrorCode, Failure};
+use super::service::{fail, Identity, Now, Outcome, Reply, Service};
+use crate::store::{Group, GroupId, Role, User, Write, Written};
+
+/// A member who came or went, announced once committed.
+#[derive(Debug)]
+pub struct Change {
+    /// The group.
+    pub group: Group,
+    /// The member.
+    pub user: String,
+    /// How.
+    pub kind: ChangeKind,
+}
+
+/// How a member came or went.
+#[derive(Debug)]
+pub enum ChangeKind {
+    /// `group.join`.
+    Joined,
+    /// `group.leave`.
+    Left,
+    /// `group.kick`, by this user.
+    Kicked(String),
+}
+
+const GROUP_NAMES: &str = "group names are 1-32 characters of a-z 0-9 _ . -";
+const USER_NAMES: &str = "user names are 1-32 characters of a-z 0-9 _ . -";
+
+impl Service {
+    pub(super) fn find_group(&self, name: &str) -> Result<Group, Failure> {
+        if !valid_name(name) {
+            return fail(ErrorCode::BadRequest, GROUP_NAMES);
+        }
+        self.store
+            .group(name)?
+            .ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no group {name}")))
+    }
+
+    pub(super) fn find_user(&self, name: &str) -> Result<User, Failure> {
+        if !valid_name(name) {
+            return fail(ErrorCode::BadRequest, USER_NAMES);
+        }
+        self.store
+            .user(name)?
+            .ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no user {name}")))
+    }
+
+    pub(super) fn actor(&self, me: &Identity, group: &Group) -> Result<Actor, Failure> {
+        Ok(Actor {
+            role: self.store.role(group.id, me.id)?,
+            server_admin: self.settings.admins.contains(&me.name),
+        })
+    }
+
+    /// The target's role, or `not_found` when not a member.
+    fn member_role(&self, group: &Group, user: &User) -> Result<Role, Failure> {
+        self.store.role(group.id, user.id)?.ok_or_else(|| {
+            Failure::new(
+                ErrorCode::NotFound,
+                format!("{} is not a member of {}", user.name, group.name),
+            )
+        })
+    }
+
+    pub(super) fn group_create(
+        &mut self,
+        me: &Identity,
+        name: String,
+        private: bool,
+        now: Now,
+    ) -> Outcome {
+        if !valid_name(&name) {
+            return Outcome::Reply(fail(ErrorCode::BadRequest, GROUP_NAMES));
+        }
+        // Ids are given here, in order, and never reused while the server runs: a send accepted
+        // for a group deleted meanwhile can never land in a new one.
+        let id = self.next_group_id;
+        self.next_group_id += 1;
+        let write = Write::CreateGroup {
+            id,
+            name: name.clone(),
+            private,
+            owner: me.id,
+            created_ms: now.wall_ms,
+        };
+        let group = Group { id, name, private };
+        Outcome::AfterCommit(
+            write,
+            Then::GroupCreated {
+                group,
+                owner: me.name.clone(),
+            },
+        )
+    }
+
+    pub(super) fn group_created(
+        &mut self,
+        group: Group,
+        owner: String,
+        written: Result<Written, Failure>,
+    ) -> Reply {
+        plain_result(written, &format!("group {} exists", group.name))?;
+        self.members_cache.insert(group.id, Rc::new(vec![owner]));
+        Ok(json!({ "group": group.name }))
+    }
+
+    pub(super) fn group_join(&mut self, me: &Identity, name: &str) -> Outcome {
+        let checked = (|| {
+            let group = self.find_group(name)?;
+            let action = Action::Join {
+                private: group.private,
+                banned: self.store.is_banned(group.id, me.id)?,
+                invited: self.store.is_invited(group.id, me.id)?,
+            };
+            allow(self.actor(me, &group)?, action)?;
+            Ok(group)
+        })();
+        match checked {
+            Ok(group) => membership(
+                Write::SetRole {
+                    group: group.id,
+                    user: me.id,
+                    role: Role::Member,
+                },
+                Change {
+                    group,
+                    user: me.name.clone(),
+                    kind: ChangeKind::Joined,
+                },
+            ),
+            Err(f) => Outcome::Reply(Err(f)),
+        }
+    }
+
+    pub(super) fn group_leave(&mut self, me: &Identity, name: &str) -> Outcome {
+        let checked = self
+            .find_group(name)
+            .and_then(|group| allow(self.actor(me, &group)?, Action::Leave).map(|()| group));
+        match checked {
+            Ok(group) => membership(
+                Write::RemoveMember {
+                    group: group.id,
+                    user: me.id,
+                    ban: false,
+                },
+                Change {
+                    group,
+                    user: me.name.clone(),
+                    kind: ChangeKind::Left,
+                },
+            ),
+            Err(f) => Outcome::Reply(Err(f)),
+        }
+    }
+
+    pub(super) fn group_kick(
+        &mut self,
+        me: &Identity,
+        name: &str,
+        user: &str,
+        ban: bool,
+    ) -> Outcome {
+        let checked = (|| {
+            let group = self.find_group(name)?;
+            let actor = self.actor(me, &group)?;
+            let target = self.find_user(user)?;
+            let role = self.member_role(&group, &target)?;
+            allow(
+                actor,
+                Action::Kick {
+                    target: role,
+                    is_self: target.id == me.id,
+                },
+            )?;
+            Ok((group, target))
+        })();
+        match checked {
+            Ok((group, target)) => membership(
+                Write::RemoveMember {
+                    group: group.id,
+                    user: target.id,
+                    ban,
+                },
+                Change {
+                    group,
+                    user: target.name,
+                    kind: ChangeKind::Kicked(me.name.clone()),
+                },
+            ),
+            Err(f) => Outcome::Reply(Err(f)),
+        }
+    }
+
+    /// A join, leave or kick is committed: the cached member list follows, and the group (with
+    /// every connection of the member concerned) hears of it.
+    pub(super) fn membership_changed(
+        &mut self,
+        change: Change,
+        written: Result<Written, Failure>,
+    ) -> Reply {
+        plain_result(written, "")?;
+        let Change { group, user, kind } = change;
+        let joined = matches!(kind, ChangeKind::Joined);
+        self.cache_membership(group.id, &user, joined);
+        let (event, by) = match kind {
+            ChangeKind::Joined => ("group.joined", None),
+            ChangeKind::Left => ("group.left", None),
+            ChangeKind::Kicked(by) => {
+                let kicked =
+                    protocol::event("group.kicked", json!({ "group": group.name, "by": by }));
+                self.broadcast(self.conns_of(&user), &kicked);
+                ("group.left", Some(by))
+            }
+        };
+        let members = self.members_of(group.id)?;
+        let mut conns = self.conns_of_names(&members);
+        if !joined {
+            conns.extend(self.conns_of(&user));
+        }
+        let mut fields = json!({ "group": group.name, "user": user });
+        if let Some(by) = by {
+            fields["by"] = json!(by);
+        }
+        self.broadcast(conns, &protocol::event(event, fields));
+        Ok(json!({}))
+    }
+
+    pub(super) fn group_invite(&mut self, me: &Identity, name: &str, user: &str) -> Outcome {
+        let checked = (|| {
+            let group = self.find_group(name)?;
+            allow(self.actor(me, &group)?, Action::Invite)?;
+            let target = self.find_user(user)?;
+            if self.store.role(group.id, target.id)?.is_some() {
+                return fail(ErrorCode::Conflict, format!("{user} is already a member"));
+            }
+            Ok((group, target))
+        })();
+        match checked {
+            Ok((group, target)) => Outcome::AfterCommit(
+                Write::Invite {
+                    group: group.id,
+                    user: target.id,
+                },
+                Then::Invited {
+                    group,
+                    user: target.name,
+                    by: me.name.clone(),
+                },
+            ),
+            Err(f) => Outcome::Reply(Err(f)),
+        }
+    }
+
+    pub(super) fn invited(
+        &mut self,
+        group: Group,
+        user: String,
+        by: String,
+        written: Result<Written, Failure>,
+    ) -> Reply {
+        plain_result(written, "")?;
+        let event = protocol::event("group.invited", json!({ "group": group.name, "by": by }));
+        self.broadcast(self.conns_of(&user), &event);
+        Ok(json!({}))
+    }
+
+    pub(super) fn group_role(
+        &mut self,
+        me: &Identity,
+        name: &str,
+        user: &str,
+        role: &str,
+    ) -> Outcome {
+        self.check_role(me, name, user, role)
+            .unwrap_or_else(|f| Outcome::Reply(Err(f)))
+    }
+
+    /// The write for a role change, and the roles to announce: handing ownership over makes
+    /// the old owner an admin.
+    fn check_role(
+        &self,
+        me: &Identity,
+        name: &str,
+        user: &str,
+        role: &str,
+    ) -> Result<Outcome, Failure> {
+        let Some(new) = Role::parse(role) else {
+            return fail(ErrorCode::BadRequest, "role is member, admin or owner");
+        };
+        let group = self.find_group(name)?;
+        let actor = self.actor(me, &group)?;
+        let target = self.find_user(user)?;
+        let current = self.member_role(&group, &target)?;
+        allow(
+            actor,
+            Action::SetRole {
+                target: current,
+                new,
+                is_self: target.id == me.id,
+            },
+        )?;
+        let mut changes = vec![(target.name.clone(), new)];
+        if new != Role::Owner || current == Role::Owner {
+            let write = Write::SetRole {
+                group: group.id,
+                user: target.id,
+                role: new,
+            };
+            return Ok(Outcome::AfterCommit(
+                write,
+                Then::RolesChanged { group, changes },
+            ));
+        }
+        let owner = self
+            .store
+            .members(group.id)?
+            .into_iter()
+            .find(|(_, r)| *r == Role::Owner)
+            .map(|(n, _)| n);
+        let Some(owner) = owner else {
+            return fail(ErrorCode::Internal, "group has no owner");
+        };
+        let owner = self.find_user(&owner)?;
+        changes.push((owner.name, Role::Admin));
+        let write = Write::TransferOwnership {
+            group: group.id,
+            from: owner.id,
+            to: target.id,
+        };
+        Ok(Outcome::AfterCommit(
+            write,
+            Then::RolesChanged { group, changes },
+        ))
+    }
+
+    pub(super) fn roles_changed(
+        &mut self,
+        group: Group,
+        changes: Vec<(String, Role)>,
+        written: Result<Written, Failure>,
+    ) -> Reply {
+        plain_result(written, "")?;
+        let members = self.members_of(group.id)?;
+        let conns = self.conns_of_names(&members);
+        for (user, role) in changes {
+            let event = protocol::event(
+                "group.role",
+                json!({ "group": group.name, "user": user, "role": role.as_str() }),
+            );
+            self.broadcast(conns.clone(), &event);
+        }
+        Ok(json!({}))
+    }
+
+    pub(super) fn group_delete(&mut self, me: &Identity, name: &str) -> Outcome {
+        let checked = (|| {
+            let group = self.find_group(name)?;
+            allow(self.actor(me, &group)?, Action::Delete)?;
+            let members = self.members_of(group.id)?.to_vec();
+            Ok((group, members))
+        })();
+        match checked {
+            Ok((group, members)) => Outcome::AfterCommit(
+                Write::DeleteGroup { group: group.id },
+                Then::GroupDeleted {
+                    group,
+                    members,
+                    by: me.name.clone(),
+                },
+            ),
+            Err(f) => Outcome::Reply(Err(f)),
+        }
+    }
+
+    pub(super) fn group_deleted(
+        &mut self,
+        group: Group,
+        members: Vec<String>,
+        by: String,
+        written: Result<Written, Failure>,
+    ) -> Reply {
+        plain_result(written, "")?;
+        // Everyone who was a member when it went hears of it (the cache has the latest list).
+        let members = match self.members_cache.remove(&group.id) {
+            Some(cached) => cached.to_vec(),
+            None => members,
+        };
+        let event = protocol::event("group.deleted", json!({ "group": group.name, "by": by }));
+        self.broadcast(self.conns_of_names(&members), &event);
+        Ok(json!({}))
+    }
+
+    pub(super) fn group_members(&mut self, me: &Identity, name: &str) -> Reply {
+        let group = self.find_group(name)?;
+        let action = Action::Members {
+            private: group.private,
+        };
+        allow(self.actor(me, &group)?, action)?;
+        let members: Vec<Value> = self
+            .store
+            .members(group.id)?
+            .into_iter()
+            .map(|(user, role)| {
+                let online = self.online.contains_key(&user);
+                json!({ "user": user, "role": role.as_str(), "online": online })
+            })
+            .collect();
+        Ok(json!({ "members": members }))
+    }
+
+    pub(super) fn group_list(&mut self, me: &Identity) -> Reply {
+        let groups: Vec<Value> = self
+            .store
+            .list_groups(me.id)?
+            .into_iter()
+            .map(|g| {
+                let mut v = json!({
+                    "group": g.group.name,
+                    "private": g.group.private,
+                    "members": g.members,
+                });
+                if let Some(role) = g.role {
+                    v["role"] = json!(role.as_str());
+                }
+                v
+            })
+            .collect();
+        Ok(json!({ "groups": groups }))
+    }
+
+    /// Keeps a cached member list in step with a committed join (`member`) or departure, so
+    /// that a large group's list is not read back from the store after every change.
+    fn cache_membership(&mut self, group: GroupId, name: &str, member: bool) {
+        let Some(list) = self.members_cache.get_mut(&group) else {
+            return;
+        };
+        let list = Rc::make_mut(list);
+        if !member {
+            list.retain(|n| n != name);
+        } else if !list.iter().any(|n| n == name) {
+            list.push(name.to_string());
+        }
+    }
+
+    /// A group's members by name, from the cache or, the first time, from the store.
+    pub(super) fn members_of(&mut self, group: GroupId) -> Result<Rc<Vec<String>>, Failure> {
+        if let Some(m) = self.members_cache.get(&group) {
+            return Ok(m.clone());
+        }
+        let names: Vec<String> = self
+            .store
+            .members(group)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let names = Rc::new(names);
+        self.members_cache.insert(group, names.clone());
+        Ok(names)
+    }
+}
+
+fn membership(write: Write, change: Change) -> Outcome {
+    Outcome::AfterCommit(write, Then::Membership(change))
+}
+
+/// The rules table's verdict as a refusal.
+pub(super) fn allow(actor: Actor, action: Action) -> Result<(), Failure> {
+    permissions::check(actor, action).map_err(|d| match d {
+        Denied::Forbidden(why) => Failure::new(ErrorCode::Forbidden, why),
+        Denied::Conflict(why) => Failure::new(ErrorCode::Conflict, why),
+    })
+}

@@ -1,0 +1,199 @@
+//! Ordering: replies leave in the order of the requests, whatever each one waits for.
+//!
+//! A connection is owed a reply while a password check runs for it, or while one of its
+//! requests sits in a batch waiting for the commit ([`Owed`](super::service::Owed)). Meanwhile
+//! its later requests are held, already parsed, and run in order as soon as nothing earlier
+//! blocks them. Two kinds may go ahead without waiting: a `send` and upload bytes join the batch
+//! behind the connection's earlier messages (their replies come after the same commit, in
+//! order), unless an earlier request in the batch changes what they would read (a group created,
+//! a member added: a *barrier*).
+//!
+//! "Close after the replies owed" lives here too: a connection whose peer closed (or broke the
+//! protocol) ends only once everything it is owed is queued, with [`Effect::Finish`].
+
+use log::debug;
+use serde_json::Value;
+
+use super::protocol::{self, Command, ErrorCode, Failure, Request};
+use super::service::{Client, ConnId, Effect, Now, Service};
+use crate::ws::Opcode;
+
+/// Requests a connection may have waiting behind an earlier reply; one more closes the
+/// connection with 1008, since answering it early would break the order of replies.
+pub const MAX_HELD: usize = 64;
+
+/// Upload bytes a connection may have waiting behind an earlier reply (a `file.upload` still
+/// waiting); more close the connection with 1008.
+pub const MAX_HELD_BYTES: usize = 16 << 20;
+
+/// A parsed request, or the refusal to send in its place (with the request's id).
+pub type Parsed = Result<Request, (Option<Value>, Failure)>;
+
+/// A message from a connection: a request, or bytes of the upload in progress.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text message, parsed.
+    Request(Parsed),
+    /// A binary message while an upload is in progress (or announced).
+    Bytes(Vec<u8>),
+}
+
+impl Inbound {
+    /// Whether it may join the batch behind this connection's earlier messages.
+    fn joins_batch(&self) -> bool {
+        matches!(
+            self,
+            Inbound::Bytes(_)
+                | Inbound::Request(Ok(Request {
+                    command: Command::Send { .. },
+                    ..
+                }))
+        )
+    }
+
+    /// Whether it announces an upload, so that binary messages after it are its bytes.
+    fn starts_upload(&self) -> bool {
+        matches!(
+            self,
+            Inbound::Request(Ok(Request {
+                command: Command::FileUpload { .. },
+                ..
+            }))
+        )
+    }
+}
+
+impl Client {
+    /// Whether a new message must wait behind a reply still owed.
+    fn must_wait(&self, inbound: &Inbound) -> bool {
+        let owed = &self.owed;
+        !self.held.is_empty()
+            || owed.password.is_some()
+            || (owed.entries > 0 && (owed.barriers > 0 || !inbound.joins_batch()))
+    }
+
+    fn uploading(&self) -> bool {
+        self.upload.is_some() || self.held.iter().any(Inbound::starts_upload)
+    }
+}
+
+impl Service {
+    /// A message from a `/ws` connection: checked against the command rate, parsed, then
+    /// handled now or held behind the replies the connection is owed.
+    pub fn message(&mut self, conn: ConnId, opcode: Opcode, data: Vec<u8>, now: Now) {
+        let Some(inbound) = self.admit(conn, opcode, data, now) else {
+            return;
+        };
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if !client.must_wait(&inbound) {
+            return self.handle(conn, inbound, now);
+        }
+        let bytes = match &inbound {
+            Inbound::Bytes(b) => b.len(),
+            Inbound::Request(_) => 0,
+        };
+        let requests = client.held.len() - client.held.iter().filter(|h| !h.is_request()).count();
+        if requests >= MAX_HELD || client.held_bytes + bytes > MAX_HELD_BYTES {
+            // Answering now would break the order of replies; a client this far ahead of its
+            // replies is flooding.
+            debug!(
+                "conn {conn}: {requests} requests, {} bytes waiting, closing",
+                client.held_bytes
+            );
+            return self.refuse_connection(conn);
+        }
+        client.held_bytes += bytes;
+        client.held.push_back(inbound);
+    }
+
+    /// Turns a message into a request, upload bytes, or a refusal that takes its place in
+    /// line; `None` when the connection is closed for going over the rate too often.
+    fn admit(&mut self, conn: ConnId, opcode: Opcode, data: Vec<u8>, now: Now) -> Option<Inbound> {
+        let settings = &self.settings;
+        let client = self.clients.get_mut(&conn)?;
+        // Upload bytes are not commands: the upload's declared size bounds them.
+        if opcode == Opcode::Binary && client.uploading() {
+            return Some(Inbound::Bytes(data));
+        }
+        if !client
+            .bucket
+            .take(settings.command_rate, settings.command_burst, now.mono)
+        {
+            client.strikes += 1;
+            if client.strikes > settings.rate_strikes {
+                debug!(
+                    "conn {conn}: rate limit exceeded {} times, closing",
+                    client.strikes
+                );
+                self.refuse_connection(conn);
+                return None;
+            }
+            let id = protocol::parse(&data).map_or_else(|(id, _)| id, |r| r.id);
+            let refusal = Failure::new(ErrorCode::RateLimited, "too many requests, slow down");
+            return Some(Inbound::Request(Err((id, refusal))));
+        }
+        client.strikes = 0;
+        if opcode == Opcode::Binary {
+            let refusal = Failure::new(
+                ErrorCode::BadRequest,
+                "binary frames carry file uploads only",
+            );
+            return Some(Inbound::Request(Err((None, refusal))));
+        }
+        Some(Inbound::Request(protocol::parse(&data)))
+    }
+
+    /// Runs a connection's held requests in order until one has to wait again; then, if the
+    /// connection is finishing and owed nothing more, lets it end.
+    pub(super) fn run_held(&mut self, conn: ConnId, now: Now) {
+        loop {
+            let Some(client) = self.clients.get_mut(&conn) else {
+                return;
+            };
+            let runnable = {
+                let owed = &client.owed;
+                client.held.front().is_some_and(|next| {
+                    owed.password.is_none()
+                        && (owed.entries == 0 || (owed.barriers == 0 && next.joins_batch()))
+                })
+            };
+            if !runnable {
+                break;
+            }
+            let next = client.held.pop_front().expect("checked above");
+            if let Inbound::Bytes(b) = &next {
+                client.held_bytes -= b.len();
+            }
+            self.handle(conn, next, now);
+        }
+        self.finish_if_settled(conn);
+    }
+
+    /// The peer closed (or broke the protocol): the connection ends once every reply it is
+    /// owed is queued, which [`Effect::Finish`] tells the loop.
+    pub fn finish_after_replies(&mut self, conn: ConnId) {
+        match self.clients.get_mut(&conn) {
+            Some(client) => client.finishing = true,
+            None => return self.push(Effect::Finish(conn)),
+        }
+        self.finish_if_settled(conn);
+    }
+
+    fn finish_if_settled(&mut self, conn: ConnId) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if client.finishing && client.owed.is_clear() && client.held.is_empty() {
+            client.finishing = false;
+            self.push(Effect::Finish(conn));
+        }
+    }
+}
+
+impl Inbound {
+    fn is_request(&self) -> bool {
+        matches!(self, Inbound::Request(_))
+    }
+}

@@ -1,0 +1,453 @@
+//! Messaging: `send`, `typing`, `history`, and the recovery replay (`since`, `sync`).
+//!
+//! A `send` is checked and given its `msg_id` on the loop, encoded once as the `message` event
+//! its recipients will get, and joins the batch. Only once the batch is committed is it
+//! acknowledged and delivered ([`Service::acknowledged`]). A retry with a `client_id` the sender
+//! used before is recognised by the store's unique index at commit time and answered with the
+//! first copy's `msg_id`, delivering nothing.
+
+use log::warn;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::batch::Then;
+use super::files::Destination;
+use super::groups::allow;
+use super::permissions::Action;
+use super::protocol::{self, ErrorCode, Failure};
+use super::service::{fail, text_frame, ConnId, Effect, Identity, Now, Outcome, Reply, Service};
+use crate::store::{FileMeta, NewMessage, PartFile, StoredMessage, Target, UserId, Write, Written};
+
+/// Longest `client_id`, in bytes.
+pub const MAX_CLIENT_ID: usize = 128;
+
+/// A conversation address resolved for one user.
+pub struct Conversation {
+    /// `#group` or `@user`, as addressed.
+    pub address: String,
+    /// The store's name for it.
+    pub target: Target,
+    /// The other user of a direct conversation.
+    pub peer: Option<String>,
+}
+
+/// A message waiting for its commit.
+#[derive(Debug)]
+pub struct Accepted {
+    /// Its msg_id and ts.
+    pub msg_id: i64,
+    /// Server time, ms since the epoch.
+    pub ts: i64,
+    /// The sender's name.
+    pub from: String,
+    /// Where it goes.
+    pub target: Target,
+    /// The other user of a direct conversation.
+    pub peer: Option<String>,
+    /// The `message` event for its recipients, encoded once when it was accepted.
+    pub event: String,
+    /// For a message posted by an upload: the file's id (answered with `file.done`).
+    pub file_id: Option<String>,
+}
+
+impl Service {
+    /// Resolves `@user` / `#group` and checks that `me` may talk there.
+    pub(super) fn conversation(
+        &self,
+        me: &Identity,
+        address: &str,
+    ) -> Result<Conversation, Failure> {
+        if let Some(name) = address.strip_prefix('#') {
+            let group = self.find_group(name)?;
+            allow(self.actor(me, &group)?, Action::Converse)?;
+            Ok(Conversation {
+                address: address.to_string(),
+                target: Target::Group(group.id),
+                peer: None,
+            })
+        } else if let Some(name) = address.strip_prefix('@') {
+            let user = self.find_user(name)?;
+            Ok(Conversation {
+                address: address.to_string(),
+                target: Target::Direct(user.id),
+                peer: Some(user.name),
+            })
+        } else {
+            fail(ErrorCode::BadRequest, "an address is @user or #group")
+        }
+    }
+
+    /// Connections that see a conversation's traffic, except the one it came from: for a group,
+    /// every connection of every member; for a direct conversation, the peer's connections
+    /// and the sender's other ones.
+    fn audience(
+        &mut self,
+        sender: &str,
+        from_conn: ConnId,
+        target: Target,
+        peer: Option<&str>,
+    ) -> Result<Vec<ConnId>, Failure> {
+        let mut conns = match target {
+            Target::Group(gid) => {
+                let members = self.members_of(gid)?;
+                self.conns_of_names(&members)
+            }
+            Target::Direct(_) => {
+                let mut c = self.conns_of(sender);
+                if let Some(peer) = peer.filter(|p| *p != sender) {
+                    c.extend(self.conns_of(peer));
+                }
+                c
+            }
+        };
+        conns.retain(|&c| c != from_conn);
+        Ok(conns)
+    }
+
+    /// `send`: checked now, acknowledged and delivered after the commit.
+    pub(super) fn send(
+        &mut self,
+        me: &Identity,
+        to: &str,
+        text: String,
+        client_id: Option<String>,
+        now: Now,
+    ) -> Outcome {
+        let conversation = match self.check_send(me, to, &text, client_id.as_deref()) {
+            Ok(c) => c,
+            Err(f) => return Outcome::Reply(Err(f)),
+        };
+        let msg_id = self.next_msg_id;
+        self.next_msg_id += 1;
+        let event = MessageEvent {
+            kind: "message",
+            msg_id,
+            from: &me.name,
+            to: &conversation.address,
+            text: &text,
+            ts: now.wall_ms,
+            client_id: client_id.as_deref(),
+            file: None,
+        }
+        .encode();
+        let accepted = Accepted {
+            msg_id,
+            ts: now.wall_ms,
+            from: me.name.clone(),
+            target: conversation.target,
+            peer: conversation.peer,
+            event,
+            file_id: None,
+        };
+        let message = NewMessage {
+            id: msg_id,
+            sender: me.id,
+            to: conversation.target,
+            text,
+            ts: now.wall_ms,
+            client_id,
+            file: None,
+        };
+        Outcome::AfterCommit(
+            Write::Message {
+                message,
+                part: None,
+            },
+            Then::Message(accepted),
+        )
+    }
+
+    fn check_send(
+        &self,
+        me: &Identity,
+        to: &str,
+        text: &str,
+        client_id: Option<&str>,
+    ) -> Result<Conversation, Failure> {
+        let conversation = self.conversation(me, to)?;
+        if text.is_empty() {
+            return fail(ErrorCode::BadRequest, "text is empty");
+        }
+        // Counting characters only when the bytes could be over the limit.
+        let max = self.settings.max_text_chars;
+        if text.len() > max && text.chars().count() > max {
+            return fail(
+                ErrorCode::TooLarge,
+                format!("text is over {max} characters"),
+            );
+        }
+        if client_id.is_some_and(|c| c.is_empty() || c.len() > MAX_CLIENT_ID) {
+            return fail(ErrorCode::BadRequest, "client_id is 1-128 bytes");
+        }
+        Ok(conversation)
+    }
+
+    /// A file whose bytes are all in joins the batch as a message; the writer syncs it first.
+    pub(super) fn post_file(
+        &mut self,
+        conn: ConnId,
+        to: Destination,
+        meta: FileMeta,
+        part: PartFile,
+        now: Now,
+    ) {
+        let msg_id = self.next_msg_id;
+        self.next_msg_id += 1;
+        let event = MessageEvent {
+            kind: "message",
+            msg_id,
+            from: &to.from,
+            to: &to.to,
+            text: "",
+            ts: now.wall_ms,
+            client_id: None,
+            file: Some(FileJson::of(&meta)),
+        }
+        .encode();
+        let accepted = Accepted {
+            msg_id,
+            ts: now.wall_ms,
+            from: to.from,
+            target: to.target,
+            peer: to.peer,
+            event,
+            file_id: Some(meta.id.clone()),
+        };
+        let message = NewMessage {
+            id: msg_id,
+            sender: to.sender,
+            to: to.target,
+            text: String::new(),
+            ts: now.wall_ms,
+            client_id: None,
+            file: Some(meta),
+        };
+        let write = Write::Message {
+            message,
+            part: Some(part),
+        };
+        self.join_batch(conn, to.id, Some(write), Then::Message(accepted));
+    }
+
+    /// A message's commit came back: acknowledge it (with the first copy's `msg_id` for a
+    /// retry), then deliver it to everyone else in the conversation.
+    pub(super) fn acknowledged(
+        &mut self,
+        conn: ConnId,
+        id: Option<Value>,
+        m: Accepted,
+        written: Result<Written, Failure>,
+    ) {
+        let first = match written {
+            Ok(Written::Done(_)) => None,
+            Ok(Written::Duplicate { msg_id, ts }) => Some((msg_id, ts)),
+            Ok(Written::Gone) => {
+                return self.refuse_message(
+                    conn,
+                    id,
+                    &m,
+                    Failure::new(ErrorCode::NotFound, "the group was deleted"),
+                )
+            }
+            Ok(Written::Failed(e)) => {
+                warn!("message {} not stored: {e}", m.msg_id);
+                let f = Failure::new(ErrorCode::Unavailable, "the file could not be stored");
+                return self.refuse_message(conn, id, &m, f);
+            }
+            Ok(Written::Conflict) => {
+                return self.refuse_message(
+                    conn,
+                    id,
+                    &m,
+                    Failure::new(ErrorCode::Internal, "message id taken"),
+                )
+            }
+            Err(f) => return self.refuse_message(conn, id, &m, f),
+        };
+        let (msg_id, ts) = first.unwrap_or((m.msg_id, m.ts));
+        match &m.file_id {
+            Some(file_id) => {
+                let done = protocol::event(
+                    "file.done",
+                    json!({ "file_id": file_id, "msg_id": msg_id, "ts": ts }),
+                );
+                self.push(Effect::Send(conn, text_frame(&done)));
+                self.file_metrics.uploads += 1;
+            }
+            None => self.push(Effect::Send(conn, text_frame(&ok_message(&id, msg_id, ts)))),
+        }
+        if first.is_some() {
+            self.metrics.deduplicated += 1;
+            return;
+        }
+        self.metrics.accepted += 1;
+        match self.audience(&m.from, conn, m.target, m.peer.as_deref()) {
+            Ok(conns) => {
+                self.metrics.delivered += conns.len() as u64;
+                self.broadcast(conns, &m.event);
+            }
+            Err(f) => warn!(
+                "message {} stored but not delivered live: {}",
+                m.msg_id, f.message
+            ),
+        }
+    }
+
+    /// A message that was not stored: its sender hears why (an upload's error names the file
+    /// and carries no `re`: the `file.upload` had its `ok`).
+    fn refuse_message(&mut self, conn: ConnId, id: Option<Value>, m: &Accepted, failure: Failure) {
+        match &m.file_id {
+            Some(file_id) => {
+                self.upload_failed("storage");
+                self.reply(conn, &None, Err(failure.for_file(file_id)));
+            }
+            None => self.reply(conn, &id, Err(failure)),
+        }
+    }
+
+    pub(super) fn typing(&mut self, conn: ConnId, me: &Identity, to: &str, now: Now) -> Reply {
+        let conversation = self.conversation(me, to)?;
+        let (rate, burst) = (self.settings.typing_rate, self.settings.typing_burst);
+        let allowed = self
+            .clients
+            .get_mut(&conn)
+            .is_some_and(|c| c.typing.take(rate, burst, now.mono));
+        if !allowed {
+            return fail(
+                ErrorCode::RateLimited,
+                "typing notices are limited, slow down",
+            );
+        }
+        let conns = self.audience(
+            &me.name,
+            conn,
+            conversation.target,
+            conversation.peer.as_deref(),
+        )?;
+        let event = protocol::event(
+            "typing",
+            json!({ "from": me.name, "to": conversation.address }),
+        );
+        self.broadcast(conns, &event);
+        Ok(json!({}))
+    }
+
+    pub(super) fn history(
+        &mut self,
+        me: &Identity,
+        with: &str,
+        before: Option<i64>,
+        limit: Option<i64>,
+    ) -> Reply {
+        let conversation = self.conversation(me, with)?;
+        let limit = match limit {
+            None => 50,
+            Some(n) if n < 1 => return fail(ErrorCode::BadRequest, "limit is at least 1"),
+            Some(n) => n.min(100) as usize,
+        };
+        let before = before.unwrap_or(i64::MAX);
+        let (page, more) = self
+            .store
+            .history(me.id, conversation.target, before, limit)?;
+        let messages: Vec<Value> = page
+            .iter()
+            .map(|m| serde_json::to_value(MessageEvent::of(m, None)).unwrap_or_default())
+            .collect();
+        Ok(json!({ "messages": messages, "more": more }))
+    }
+
+    /// The recovery replay: the oldest missed messages as `message` events, then `recovered`
+    /// (`complete: false` when the page was full and more remain).
+    pub(super) fn replay(&mut self, conn: ConnId, user: UserId, since: i64) {
+        let limit = self.settings.recovery_limit;
+        let (page, more) = match self.store.recover(user, since, limit) {
+            Ok(r) => r,
+            Err(e) => return self.reply(conn, &None, Err(e.into())),
+        };
+        let last = page.last().map_or(since, |m| m.id);
+        for m in &page {
+            let text = MessageEvent::of(m, Some("message")).encode();
+            self.push(Effect::Send(conn, text_frame(&text)));
+        }
+        let done = protocol::event(
+            "recovered",
+            json!({ "last_msg_id": last, "complete": !more }),
+        );
+        self.push(Effect::Send(conn, text_frame(&done)));
+    }
+}
+
+/// `{"type":"ok","re":id,"msg_id":..,"ts":..}`, encoded without building a JSON tree.
+fn ok_message(id: &Option<Value>, msg_id: i64, ts: i64) -> String {
+    #[derive(Serialize)]
+    struct Ok<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        re: Option<&'a Value>,
+        msg_id: i64,
+        ts: i64,
+    }
+    let ok = Ok {
+        kind: "ok",
+        re: id.as_ref(),
+        msg_id,
+        ts,
+    };
+    serde_json::to_string(&ok).unwrap_or_default()
+}
+
+/// A message as a `message` event (with `kind`) or a history entry (without).
+#[derive(Serialize)]
+struct MessageEvent<'a> {
+    #[serde(rename = "type", skip_serializing_if = "str::is_empty")]
+    kind: &'static str,
+    msg_id: i64,
+    from: &'a str,
+    to: &'a str,
+    text: &'a str,
+    ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<FileJson<'a>>,
+}
+
+impl<'a> MessageEvent<'a> {
+    fn of(m: &'a StoredMessage, kind: Option<&'static str>) -> MessageEvent<'a> {
+        MessageEvent {
+            kind: kind.unwrap_or(""),
+            msg_id: m.id,
+            from: &m.from,
+            to: &m.to,
+            text: &m.text,
+            ts: m.ts,
+            client_id: m.client_id.as_deref(),
+            file: m.file.as_ref().map(FileJson::of),
+        }
+    }
+
+    fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The `file` member of a message.
+#[derive(Serialize)]
+struct FileJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    size: u64,
+    mime: Option<&'a str>,
+}
+
+impl<'a> FileJson<'a> {
+    fn of(f: &'a FileMeta) -> FileJson<'a> {
+        FileJson {
+            id: &f.id,
+            name: &f.name,
+            size: f.size,
+            mime: f.mime.as_deref(),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The HTTP side of the loop: a request head becomes a WebSocket upgrade on a known path, a
+//! download of a stored file, or a plain response (the web client, `/healthz`, `/metrics`).
+
+use log::debug;
+
+use super::Server;
+use crate::chat::{DownloadRefusal, Now};
+use crate::conn::Route;
+use crate::http::download::{bearer_token, open_range};
+use crate::http::{assets, handshake, Request, Response};
+use crate::metrics::Gauges;
+
+impl Server {
+    /// Answers a request head: an upgrade on a known WebSocket path, or a plain HTTP route.
+    pub(super) fn route(&mut self, key: usize, req: Request, now: Now) {
+        let head_only = req.method == "HEAD";
+        let answer = if handshake::is_upgrade(&req) {
+            let route = match req.path.as_str() {
+                "/ws" => Some(Route::Chat),
+                "/echo" if self.cfg.echo => Some(Route::Echo),
+                "/broadcast" if self.cfg.echo => Some(Route::Broadcast),
+                _ => None,
+            };
+            match route {
+                Some(route) => {
+                    handshake::check(&req, &self.cfg.allowed_origins).map(|resp| (resp, route))
+                }
+                None => Err(Response::status(404)),
+            }
+            .inspect_err(|r| self.metrics.handshake_failed(r.status))
+        } else if let Some(file_id) = req.path.strip_prefix("/files/") {
+            let file_id = file_id.to_string();
+            return self.download(key, &req, &file_id, now);
+        } else {
+            Err(self.plain(&req))
+        };
+        let Some((conn, mut cx, ..)) = self.lend(key, now.mono) else {
+            return;
+        };
+        let (bytes, route) = match answer {
+            Ok(upgrade) => upgrade,
+            Err(response) => {
+                debug!(
+                    "{}: {} {} -> {}",
+                    conn.peer, req.method, req.path, response.status
+                );
+                conn.respond(&response, head_only, &mut cx);
+                return;
+            }
+        };
+        conn.upgrade(bytes, route, &mut cx);
+        let ip = conn.peer.ip();
+        if route == Route::Chat {
+            conn.set_auth_deadline(Some(now.mono + cx.cfg.auth_timeout));
+        }
+        match route {
+            Route::Chat => self.chat.open(key, ip, now),
+            Route::Broadcast => self.broadcast_members.push(key),
+            Route::Echo => {}
+        }
+    }
+
+    /// `GET /files/{id}`: authorized by a bearer token or `?token=`, streamed from disk with
+    /// `Range` support.
+    fn download(&mut self, key: usize, req: &Request, file_id: &str, now: Now) {
+        let head_only = req.method == "HEAD";
+        let refusal = |status: u16| Response::status(status);
+        let outcome = if req.method != "GET" && !head_only {
+            Err(refusal(405).with_header("Allow", "GET, HEAD"))
+        } else {
+            let token = bearer_token(req);
+            match self.chat.authorize_download(token.as_deref(), file_id, now) {
+                Err(DownloadRefusal::Unauthenticated) => {
+                    Err(refusal(401).with_header("WWW-Authenticate", "Bearer"))
+                }
+                Err(DownloadRefusal::Forbidden) => Err(refusal(403)),
+                Err(DownloadRefusal::NotFound) => Err(refusal(404)),
+                Err(DownloadRefusal::Unavailable) => Err(refusal(503)),
+                Ok((meta, path)) => open_range(&path, &meta, req.header("range")),
+            }
+        };
+        let Some((conn, mut cx, ..)) = self.lend(key, now.mono) else {
+            return;
+        };
+        match outcome {
+            Ok((head, file, len)) => conn.respond_file(head, file, len, head_only, &mut cx),
+            Err(response) => {
+                debug!(
+                    "{}: {} {} -> {}",
+                    conn.peer, req.method, req.path, response.status
+                );
+                conn.respond(&response, head_only, &mut cx);
+            }
+        }
+    }
+
+    /// The plain HTTP routes.
+    fn plain(&self, req: &Request) -> Response {
+        if req.method != "GET" && req.method != "HEAD" {
+            return Response::status(405).with_header("Allow", "GET, HEAD");
+        }
+        if let Some(asset) = assets::asset(&req.path) {
+            return asset;
+        }
+        match req.path.as_str() {
+            "/healthz" if self.draining => Response::text(503, "shutting down"),
+            "/healthz" => Response::text(200, "ok"),
+            "/metrics" => Response {
+                status: 200,
+                headers: vec![("Cache-Control", "no-store".into())],
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: {
+                    let mut text = self.metrics.render(&self.gauges());
+                    self.chat.render_metrics(&mut text);
+                    self.chat.render_file_metrics(&mut text);
+                    text.into_bytes()
+                },
+            },
+            _ => Response::status(404),
+        }
+    }
+
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            connections: self.conns.len(),
+            websockets: self.conns.iter().filter(|(_, c)| c.is_open()).count(),
+            queued_bytes: self.conns.iter().map(|(_, c)| c.queued()).sum(),
+            max_connections: self.max_connections,
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! Every change to the store, as values: a [`Batch`] of [`Write`]s applied in one transaction.
+//!
+//! The loop never writes to the database itself. It gathers the writes of an iteration into a
+//! batch and hands it to the store writer thread ([`super::writer`]), which applies it here and
+//! reports one [`Written`] per write. A write that breaks a rule of its own (a name taken, a
+//! group deleted meanwhile, a `client_id` already used) fails alone: a failed SQLite statement
+//! is undone by itself and the transaction goes on. Anything else (disk full, I/O error) fails
+//! the whole batch, and nothing of it is stored.
+
+use std::fs::{self, File};
+use std::path::PathBuf;
+
+use rusqlite::{ffi, params, Connection, OptionalExtension, Transaction};
+
+use super::{pair, GroupId, NewMessage, Result, Role, StoreError, UserId};
+
+/// A file whose bytes are all written but not yet durable: the writer syncs it and moves it
+/// into place before the message that carries it is committed.
+#[derive(Debug)]
+pub struct PartFile {
+    /// The open partial file.
+    pub file: File,
+    /// Where it is now (`ID.part`).
+    pub part: PathBuf,
+    /// Where it goes once synced (`ID`).
+    pub done: PathBuf,
+}
+
+impl PartFile {
+    /// Syncs the bytes, renames the file into place and syncs the directory, so the rename is
+    /// durable too. On failure the partial file is removed.
+    pub fn persist(self) -> std::io::Result<()> {
+        let result = self
+            .file
+            .sync_all()
+            .and_then(|()| fs::rename(&self.part, &self.done));
+        if let Err(e) = result {
+            let _ = fs::remove_file(&self.part);
+            return Err(e);
+        }
+        if let Some(dir) = self.done.parent() {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
+}
+
+/// One change to the store.
+#[derive(Debug)]
+pub enum Write {
+    /// Store a message (with its file, synced first when `part` is given). Fails alone with
+    /// [`Written::Duplicate`] when the sender used its `client_id` before, and with
+    /// [`Written::Gone`] when its group no longer exists.
+    Message {
+        /// The row.
+        message: NewMessage,
+        /// The uploaded bytes to make durable first.
+        part: Option<PartFile>,
+    },
+    /// Create an account: [`Written::Done`] with its id, or [`Written::Conflict`].
+    CreateUser {
+        /// Unique name.
+        name: String,
+        /// Argon2id PHC string; `None` for accounts created by a JWT.
+        password: Option<String>,
+        /// Server time, ms since the epoch.
+        created_ms: i64,
+    },
+    /// Store a session by the hash of its token.
+    CreateSession {
+        /// SHA-256 of the token.
+        token_hash: [u8; 32],
+        /// Whose.
+        user: UserId,
+        /// Expiry, ms since the epoch.
+        expires_ms: i64,
+    },
+    /// Revoke a session.
+    DeleteSession {
+        /// SHA-256 of the token.
+        token_hash: [u8; 32],
+    },
+    /// Create a group under an id the caller chose, with `owner` as its owner; or
+    /// [`Written::Conflict`] if the name is taken.
+    CreateGroup {
+        /// The new group's id (never reused while the server runs).
+        id: GroupId,
+        /// Unique name.
+        name: String,
+        /// Invitation only.
+        private: bool,
+        /// Its owner.
+        owner: UserId,
+        /// Server time, ms since the epoch.
+        created_ms: i64,
+    },
+    /// Add a member (clearing any invitation) or change a member's role; [`Written::Gone`] if
+    /// the group was deleted meanwhile.
+    SetRole {
+        /// The group.
+        group: GroupId,
+        /// The member.
+        user: UserId,
+        /// The role.
+        role: Role,
+    },
+    /// Make `to` the owner and the old owner `from` an admin.
+    TransferOwnership {
+        /// The group.
+        group: GroupId,
+        /// The old owner.
+        from: UserId,
+        /// The new owner.
+        to: UserId,
+    },
+    /// Remove a member; with `ban`, also bar them from joining again.
+    RemoveMember {
+        /// The group.
+        group: GroupId,
+        /// The member.
+        user: UserId,
+        /// Also ban.
+        ban: bool,
+    },
+    /// Invite a user, clearing a ban.
+    Invite {
+        /// The group.
+        group: GroupId,
+        /// Who.
+        user: UserId,
+    },
+    /// Delete a group with its memberships, bans, invitations, history and files.
+    DeleteGroup {
+        /// The group.
+        group: GroupId,
+    },
+}
+
+/// What came of one [`Write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Done; for `CreateUser` the new user's id, otherwise 0.
+    Done(i64),
+    /// The sender's message with the same `client_id`, stored earlier: its msg_id and ts.
+    Duplicate {
+        /// The first copy's msg_id.
+        msg_id: i64,
+        /// The first copy's ts.
+        ts: i64,
+    },
+    /// A uniqueness rule was broken (a name taken).
+    Conflict,
+    /// What it refers to no longer exists (a group deleted meanwhile).
+    Gone,
+    /// This write alone could not be stored (its file could not be synced).
+    Failed(String),
+}
+
+/// Writes committed together, in order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The writes, in the order they were accepted.
+    pub writes: Vec<Write>,
+}
+
+impl Batch {
+    /// Messages in the batch.
+    pub fn messages(&self) -> usize {
+        self.writes
+            .iter()
+            .filter(|w| matches!(w, Write::Message { .. }))
+            .count()
+    }
+}
+
+/// Ids of files whose bytes go once the batch is committed: those of deleted groups, and those
+/// whose message could not be stored.
+pub type Orphans = Vec<String>;
+
+/// The ids of the files the batch's messages carry (removed if the batch fails).
+pub fn files_of(batch: &Batch) -> Orphans {
+    batch
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Message { message, .. } => message.file.as_ref().map(|f| f.id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Applies a batch in one transaction. Files are synced before it begins; the ids of files left
+/// without a message (a deleted group's) are returned for the caller to remove after the
+/// commit.
+pub fn apply(db: &mut Connection, batch: Batch) -> Result<(Vec<Written>, Orphans)> {
+    let mut results = Vec::with_capacity(batch.writes.len());
+    let mut writes = Vec::with_capacity(batch.writes.len());
+    // Uploaded bytes are durable before the row that points at them.
+    for write in batch.writes {
+        match write {
+            Write::Message {
+                message,
+                part: Some(part),
+            } => match part.persist() {
+                Ok(()) => writes.push(Some(Write::Message {
+                    message,
+                    part: None,
+                })),
+                Err(e) => {
+                    results.push(Some(Written::Failed(e.to_string())));
+                    writes.push(None);
+                    continue;
+                }
+            },
+            other => writes.push(Some(other)),
+        }
+        results.push(None);
+    }
+    let mut orphans = Vec::new();
+    let tx = db.transaction()?;
+    for (write, result) in writes.into_iter().zip(results.iter_mut()) {
+        if let Some(write) = write {
+            *result = Some(one(&tx, write, &mut orphans)?);
+        }
+    }
+    tx.commit()?;
+    Ok((results.into_iter().flatten().collect(), orphans))
+}
+
+/// Applies one write inside the batch's transaction. A statement that breaks a constraint is
+/// undone by SQLite alone (the transaction stays), and answers for this write only.
+fn one(tx: &Transaction, write: Write, orphans: &mut Orphans) -> Result<Written> {
+    let outcome = match write {
+        Write::Message { message, .. } => {
+            let written = insert_message(tx, &message)?;
+            // A file posted to a group deleted meanwhile has no message to own it.
+            if let (Written::Gone, Some(f)) = (&written, &message.file) {
+                orphans.push(f.id.clone());
+            }
+            return Ok(written);
+        }
+        Write::CreateUser {
+            name,
+            password,
+            created_ms,
+        } => tx
+            .prepare_cached("INSERT INTO users (name, password, created_ms) VALUES (?1, ?2, ?3)")?
+            .execute(params![name, password, created_ms])
+            .map(|_| Written::Done(tx.last_insert_rowid())),
+        Write::CreateSession {
+            token_hash,
+            user,
+            expires_ms,
+        } => tx
+            .prepare_cached(
+                "INSERT INTO sessions (token_hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&token_hash[..], user, expires_ms])
+            .map(|_| Written::Done(0)),
+        Write::DeleteSession { token_hash } => tx
+            .prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+            .execute(params![&token_hash[..]])
+            .map(|_| Written::Done(0)),
+        Write::CreateGroup {
+            id,
+            name,
+            private,
+            owner,
+            created_ms,
+        } => in_savepoint(tx, |tx| {
+            tx.prepare_cached(
+                "INSERT INTO groups (id, name, private, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, name, private, created_ms])?;
+            tx.prepare_cached(
+                "INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, 'owner')",
+            )?
+            .execute(params![id, owner])?;
+            Ok(())
+        }),
+        Write::SetRole { group, user, role } => in_savepoint(tx, |tx| {
+            tx.prepare_cached(
+                "INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (group_id, user_id) DO UPDATE SET role = excluded.role",
+            )?
+            .execute(params![group, user, role.as_str()])?;
+            tx.prepare_cached("DELETE FROM invites WHERE group_id = ?1 AND user_id = ?2")?
+                .execute(params![group, user])?;
+            Ok(())
+        }),
+        Write::TransferOwnership { group, from, to } => in_savepoint(tx, |tx| {
+            tx.prepare_cached(
+                "UPDATE members SET role = 'admin' WHERE group_id = ?1 AND user_id = ?2",
+            )?
+            .execute(params![group, from])?;
+            tx.prepare_cached(
+                "UPDATE members SET role = 'owner' WHERE group_id = ?1 AND user_id = ?2",
+            )?
+            .execute(params![group, to])?;
+            Ok(())
+        }),
+        Write::RemoveMember { group, user, ban } => in_savepoint(tx, |tx| {
+            tx.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND user_id = ?2")?
+                .execute(params![group, user])?;
+            if ban {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO bans (group_id, user_id) VALUES (?1, ?2)",
+                )?
+                .execute(params![group, user])?;
+            }
+            Ok(())
+        }),
+        Write::Invite { group, user } => in_savepoint(tx, |tx| {
+            tx.prepare_cached("DELETE FROM bans WHERE group_id = ?1 AND user_id = ?2")?
+                .execute(params![group, user])?;
+            tx.prepare_cached("INSERT OR IGNORE INTO invites (group_id, user_id) VALUES (?1, ?2)")?
+                .execute(params![group, user])?;
+            Ok(())
+        }),
+        Write::DeleteGroup { group } => {
+            let files: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT f.id FROM files f JOIN messages m ON m.id = f.msg_id
+                     WHERE m.group_id = ?1",
+                )?
+                .query_map(params![group], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            tx.prepare_cached("DELETE FROM groups WHERE id = ?1")?
+                .execute(params![group])?;
+            orphans.extend(files);
+            Ok(Written::Done(0))
+        }
+    };
+    settle(outcome)
+}
+
+/// Runs several statements as one step that is undone as a whole when one of them fails.
+fn in_savepoint(
+    tx: &Transaction,
+    body: impl FnOnce(&Transaction) -> rusqlite::Result<()>,
+) -> rusqlite::Result<Written> {
+    tx.execute_batch("SAVEPOINT one")?;
+    match body(tx) {
+        Ok(()) => {
+            tx.execute_batch("RELEASE one")?;
+            Ok(Written::Done(0))
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO one; RELEASE one")?;
+            Err(e)
+        }
+    }
+}
+
+/// A constraint broken by this write answers for it alone; anything else fails the batch.
+fn settle(outcome: rusqlite::Result<Written>) -> Result<Written> {
+    match outcome {
+        Ok(w) => Ok(w),
+        Err(e) => match constraint(&e) {
+            Some(Constraint::ForeignKey) => Ok(Written::Gone),
+            Some(Constraint::Unique) => Ok(Written::Conflict),
+            None => Err(StoreError::from(e)),
+        },
+    }
+}
+
+enum Constraint {
+    Unique,
+    ForeignKey,
+}
+
+fn constraint(e: &rusqlite::Error) -> Option<Constraint> {
+    match e.sqlite_error()?.extended_code {
+        ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+            Some(Constraint::Unique)
+        }
+        ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Some(Constraint::ForeignKey),
+        _ => None,
+    }
+}
+
+/// Inserts a message and its file. The unique index on `(sender, client_id)` is the dedupe:
+/// a retry breaks it, and then the first copy is looked up, only in that case.
+fn insert_message(tx: &Transaction, m: &NewMessage) -> Result<Written> {
+    let (group, recipient, pair) = match m.to {
+        super::Target::Group(g) => (Some(g), None, None),
+        super::Target::Direct(u) => (None, Some(u), Some(pair(m.sender, u))),
+    };
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO messages (id, sender, group_id, recipient, pair, text, ts, client_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            m.id,
+            m.sender,
+            group,
+            recipient,
+            pair,
+            m.text,
+            m.ts,
+            m.client_id
+        ]);
+    match inserted.map_err(|e| (constraint(&e), e)) {
+        Ok(_) => {}
+        Err((Some(Constraint::Unique), e)) => {
+            let first = match &m.client_id {
+                Some(cid) => tx
+                    .prepare_cached(
+                        "SELECT id, ts FROM messages WHERE sender = ?1 AND client_id = ?2",
+                    )?
+                    .query_row(params![m.sender, cid], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?,
+                None => None,
+            };
+            return match first {
+                Some((msg_id, ts)) => Ok(Written::Duplicate { msg_id, ts }),
+                None => Err(StoreError::from(e)),
+            };
+        }
+        Err((Some(Constraint::ForeignKey), _)) => return Ok(Written::Gone),
+        Err((None, e)) => return Err(e.into()),
+    }
+    if let Some(f) = &m.file {
+        tx.prepare_cached(
+            "INSERT INTO files (id, msg_id, name, size, mime, sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![f.id, m.id, f.name, f.size as i64, f.mime, f.sha256])?;
+    }
+    Ok(Written::Done(0))
+}

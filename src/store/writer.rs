@@ -1,0 +1,138 @@
+//! The store writer: one thread that commits the loop's batches, so that the loop never waits
+//! on the disk.
+//!
+//! The loop hands it one [`Batch`] at a time and goes on serving; while the writer commits
+//! batch N, the loop gathers batch N+1. The writer syncs uploaded files, runs the transaction
+//! (with `--sync full`, its disk sync), removes the files the batch orphaned, and runs SQLite's
+//! WAL checkpoints, which happen on the connection that commits. Each result goes back through
+//! a channel and a [`mio::Waker`], so it reaches the loop as an ordinary event, the way the
+//! password worker's results do.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{error, warn};
+use mio::Waker;
+
+use super::write::{self, Batch, Written};
+use super::{Result, Store, StoreError};
+
+/// A batch's outcome.
+#[derive(Debug)]
+pub struct Committed {
+    /// One result per write, in order; or the error that failed the whole batch.
+    pub results: Result<Vec<Written>>,
+    /// How long the commit took on the writer (file syncs included).
+    pub took: Duration,
+}
+
+/// The loop's handle on the writer thread.
+pub struct Writer {
+    jobs: Option<Sender<Batch>>,
+    done: Receiver<Committed>,
+    thread: Option<JoinHandle<()>>,
+    in_flight: bool,
+}
+
+impl Writer {
+    /// Starts the thread with its own connection to the database. Orphaned files are removed
+    /// from `files_dir`.
+    pub fn start(store: Store, files_dir: PathBuf, waker: Arc<Waker>) -> std::io::Result<Writer> {
+        let (job_tx, job_rx) = channel::<Batch>();
+        let (done_tx, done_rx) = channel::<Committed>();
+        let thread = thread::Builder::new()
+            .name("chatd-store".into())
+            .spawn(move || run(store, &files_dir, &job_rx, &done_tx, &waker))?;
+        Ok(Writer {
+            jobs: Some(job_tx),
+            done: done_rx,
+            thread: Some(thread),
+            in_flight: false,
+        })
+    }
+
+    /// Whether a batch may be handed over now (one is committed at a time).
+    pub fn is_idle(&self) -> bool {
+        !self.in_flight
+    }
+
+    /// Hands a batch over. If the thread has died, the batch comes back at once as failed.
+    pub fn submit(&mut self, batch: Batch) -> Option<Committed> {
+        debug_assert!(!self.in_flight, "one batch at a time");
+        let sent = self.jobs.as_ref().map(|tx| tx.send(batch));
+        match sent {
+            Some(Ok(())) => {
+                self.in_flight = true;
+                None
+            }
+            Some(Err(_)) | None => Some(Committed {
+                results: Err(StoreError::Unavailable("the store writer stopped".into())),
+                took: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// The batch's outcome, once the writer is done with it.
+    pub fn collect(&mut self) -> Option<Committed> {
+        if !self.in_flight {
+            return None;
+        }
+        match self.done.try_recv() {
+            Ok(c) => {
+                self.in_flight = false;
+                Some(c)
+            }
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                error!("store writer stopped");
+                self.in_flight = false;
+                self.jobs = None;
+                Some(Committed {
+                    results: Err(StoreError::Unavailable("the store writer stopped".into())),
+                    took: Duration::ZERO,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the batch in flight finish before the process goes on to exit.
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    mut store: Store,
+    files_dir: &std::path::Path,
+    jobs: &Receiver<Batch>,
+    done: &Sender<Committed>,
+    waker: &Waker,
+) {
+    while let Ok(batch) = jobs.recv() {
+        let started = Instant::now();
+        let files = write::files_of(&batch);
+        let (results, orphans) = match store.apply(batch) {
+            Ok((results, orphans)) => (Ok(results), orphans),
+            // Nothing was stored: the synced files have no message.
+            Err(e) => (Err(e), files),
+        };
+        for id in orphans {
+            let _ = std::fs::remove_file(files_dir.join(&id));
+        }
+        let took = started.elapsed();
+        if done.send(Committed { results, took }).is_err() {
+            return;
+        }
+        if let Err(e) = waker.wake() {
+            warn!("store writer could not wake the loop: {e}");
+        }
+    }
+}
