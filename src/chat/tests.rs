@@ -1,1 +1,611 @@
+//! The chat service driven as a value: an in-memory store, a clock the test sets, and the
+//! effects read back as frames. The test plays the loop: it applies batches to the store and
+//! answers password jobs when it chooses, so every interleaving is reproducible.
 
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::hasher::{Cost, Done, Outcome as Hashed, Work};
+use super::service::{ConnId, Effect, Now, Service, Settings};
+use crate::store::{Batch, Committed, Store};
+use crate::ws::Opcode;
+
+const SECRET: &[u8] = b"test-secret";
+const START_MS: i64 = 1_767_225_600_000;
+
+fn settings() -> Settings {
+    Settings {
+        registration_open: true,
+        admins: HashSet::new(),
+        jwt_secret: Some(SECRET.to_vec()),
+        session_ttl: Duration::from_secs(3600),
+        command_rate: 1000.0,
+        command_burst: 1000.0,
+        rate_strikes: 10,
+        login_rate: 1000.0,
+        login_burst: 1000.0,
+        argon2: Cost {
+            memory_kib: 64,
+            iterations: 1,
+        },
+        max_text_chars: 100,
+        recovery_limit: 1000,
+        typing_rate: 2.0,
+        typing_burst: 5.0,
+        files_dir: std::env::temp_dir().join("chatd-service-tests-unused"),
+        max_file_size: 1 << 20,
+    }
+}
+
+/// The service with the loop played by the test.
+struct Loop {
+    svc: Service,
+    now: Now,
+    /// Frames each connection was sent, decoded, in order.
+    frames: HashMap<ConnId, Vec<Value>>,
+    /// Batches handed to the writer and not yet applied.
+    commits: Vec<Batch>,
+    /// Password jobs not yet answered.
+    hashes: Vec<(u64, Work)>,
+    finished: Vec<ConnId>,
+    next_id: u64,
+}
+
+impl Loop {
+    fn new(settings: Settings) -> Loop {
+        let store = Store::open_in_memory().unwrap();
+        Loop {
+            svc: Service::new(store, settings).unwrap(),
+            now: Now {
+                mono: Instant::now(),
+                wall_ms: START_MS,
+            },
+            frames: HashMap::new(),
+            commits: Vec::new(),
+            hashes: Vec::new(),
+            finished: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    fn open(&mut self, conn: ConnId) {
+        self.svc
+            .open(conn, IpAddr::V4(Ipv4Addr::LOCALHOST), self.now);
+    }
+
+    /// Sends a request with a fresh id; returns the id.
+    fn request(&mut self, conn: ConnId, mut body: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        body["id"] = json!(id);
+        let data = body.to_string().into_bytes();
+        self.svc.message(conn, Opcode::Text, data, self.now);
+        self.take_effects();
+        id
+    }
+
+    /// The end of the loop's iteration.
+    fn end_iteration(&mut self) {
+        self.svc.end_iteration(self.now);
+        self.take_effects();
+    }
+
+    fn take_effects(&mut self) {
+        let mut effects = Vec::new();
+        self.svc.drain(&mut effects);
+        for e in effects {
+            match e {
+                Effect::Send(c, f) => self.frames.entry(c).or_default().extend(decode(&f)),
+                Effect::SendFrames(c, f, n) => {
+                    let events = decode(&f);
+                    assert_eq!(events.len(), n as usize);
+                    self.frames.entry(c).or_default().extend(events);
+                }
+                Effect::Commit(batch) => self.commits.push(batch),
+                Effect::Hash(t, w) => self.hashes.push((t, w)),
+                Effect::Finish(c) => self.finished.push(c),
+                Effect::Close(..) | Effect::Authenticated(..) => {}
+            }
+        }
+    }
+
+    /// The store writer commits the batch it holds; `false` if there was none.
+    fn commit(&mut self) -> bool {
+        assert!(self.commits.len() <= 1, "one batch at a time");
+        let Some(batch) = self.commits.pop() else {
+            return false;
+        };
+        let results = self.svc.store.apply(batch).map(|(w, _)| w);
+        let done = Committed {
+            results,
+            took: Duration::from_micros(50),
+        };
+        self.svc.committed(done, self.now);
+        self.take_effects();
+        true
+    }
+
+    /// Ends iterations and commits until nothing is left to do.
+    fn settle(&mut self) {
+        loop {
+            self.end_iteration();
+            self.answer_passwords();
+            if !self.commit() && self.hashes.is_empty() {
+                self.end_iteration();
+                if self.commits.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The password worker, with a transparent "hash" so the test stays fast.
+    fn answer_passwords(&mut self) {
+        for (ticket, work) in std::mem::take(&mut self.hashes) {
+            let outcome = match work {
+                Work::Hash(p) => Hashed::Hashed(format!("hash:{p}")),
+                Work::Verify(p, stored) => Hashed::Verified(stored == Some(format!("hash:{p}"))),
+            };
+            self.svc.password_done(Done { ticket, outcome }, self.now);
+            self.take_effects();
+        }
+    }
+
+    /// Everything sent to a connection so far, taken.
+    fn take(&mut self, conn: ConnId) -> Vec<Value> {
+        self.frames.remove(&conn).unwrap_or_default()
+    }
+
+    /// The events of one type sent to a connection so far, taken with the rest.
+    fn events(&mut self, conn: ConnId, kind: &str) -> Vec<Value> {
+        self.take(conn)
+            .into_iter()
+            .filter(|v| v["type"] == kind)
+            .collect()
+    }
+
+    /// Opens `conn` authenticated by a JWT as `name` (created on first use).
+    fn user(&mut self, conn: ConnId, name: &str) {
+        self.open(conn);
+        let exp = START_MS / 1000 + 3600;
+        let token = super::auth::sign_jwt(&json!({"sub": name, "exp": exp}), SECRET);
+        self.request(conn, json!({"type": "auth", "token": token}));
+        self.settle();
+        let replies = self.take(conn);
+        assert_eq!(replies[0]["type"], "ok", "{replies:?}");
+    }
+
+    /// Sends and settles; the reply.
+    fn ok(&mut self, conn: ConnId, body: Value) -> Value {
+        let id = self.request(conn, body);
+        self.settle();
+        let reply = self
+            .take(conn)
+            .into_iter()
+            .find(|v| v["re"] == id)
+            .expect("a reply");
+        assert_eq!(reply["type"], "ok", "{reply}");
+        reply
+    }
+
+    fn error(&mut self, conn: ConnId, body: Value) -> String {
+        let id = self.request(conn, body);
+        self.settle();
+        let reply = self
+            .take(conn)
+            .into_iter()
+            .find(|v| v["re"] == id)
+            .expect("a reply");
+        assert_eq!(reply["type"], "error", "{reply}");
+        reply["code"].as_str().unwrap().to_string()
+    }
+}
+
+/// Decodes the server frames (unmasked text) back to back in `bytes`.
+fn decode(mut bytes: &[u8]) -> Vec<Value> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, header) = match bytes[1] & 0x7f {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        out.push(serde_json::from_slice(&bytes[header..header + len]).unwrap());
+        bytes = &bytes[header + len..];
+    }
+    out
+}
+
+fn ids(replies: &[Value]) -> Vec<u64> {
+    replies.iter().filter_map(|r| r["re"].as_u64()).collect()
+}
+
+#[test]
+fn replies_keep_request_order_across_commits() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.user(2, "bob");
+    // A send waits for its commit; the whoami behind it must not overtake it, and the send
+    // behind the whoami must not overtake that.
+    let first = l.request(1, json!({"type": "send", "to": "@bob", "text": "one"}));
+    let who = l.request(1, json!({"type": "whoami"}));
+    let second = l.request(1, json!({"type": "send", "to": "@bob", "text": "two"}));
+    l.end_iteration();
+    assert!(
+        l.take(1).is_empty(),
+        "nothing is answered before the commit"
+    );
+    assert_eq!(l.commits.len(), 1);
+    assert_eq!(l.commits[0].messages(), 1, "only the first send joined");
+    assert!(l.commit());
+    let replies = l.take(1);
+    assert_eq!(ids(&replies), [first, who]);
+    l.settle();
+    assert_eq!(ids(&l.take(1)), [second]);
+    let texts: Vec<Value> = l
+        .events(2, "message")
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts, ["one", "two"]);
+}
+
+#[test]
+fn errors_and_refusals_wait_their_turn_behind_sends() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.user(2, "bob");
+    let a = l.request(1, json!({"type": "send", "to": "@bob", "text": "fine"}));
+    let b = l.request(1, json!({"type": "send", "to": "@nobody", "text": "lost"}));
+    let c = l.request(
+        1,
+        json!({"type": "send", "to": "@bob", "text": "x".repeat(101)}),
+    );
+    l.end_iteration();
+    assert!(
+        l.take(1).is_empty(),
+        "the errors wait behind the first send"
+    );
+    l.settle();
+    let replies = l.take(1);
+    assert_eq!(ids(&replies), [a, b, c]);
+    let codes: Vec<&Value> = replies.iter().map(|r| &r["code"]).collect();
+    assert_eq!(
+        codes,
+        [&Value::Null, &json!("not_found"), &json!("too_large")]
+    );
+}
+
+#[test]
+fn a_password_check_holds_later_requests() {
+    let mut l = Loop::new(settings());
+    l.open(1);
+    let reg = l.request(
+        1,
+        json!({"type": "register", "user": "carol", "password": "long enough"}),
+    );
+    let who = l.request(1, json!({"type": "whoami"}));
+    let login = l.request(
+        1,
+        json!({"type": "login", "user": "carol", "password": "long enough"}),
+    );
+    l.end_iteration();
+    assert!(l.take(1).is_empty());
+    assert_eq!(l.hashes.len(), 1, "one job at a time per connection");
+    l.settle();
+    let replies = l.take(1);
+    assert_eq!(ids(&replies), [reg, who, login]);
+    assert_eq!(
+        replies[1]["code"], "unauthenticated",
+        "whoami ran after register, before login"
+    );
+    assert!(replies[2]["token"].is_string());
+}
+
+#[test]
+fn one_iteration_is_one_batch_and_retries_answer_with_the_first_copy() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.user(2, "bob");
+    let commits = l.svc.metrics.commits;
+    for (text, cid) in [("a", "x"), ("b", "y"), ("a again", "x")] {
+        l.request(
+            1,
+            json!({"type": "send", "to": "@bob", "text": text, "client_id": cid}),
+        );
+    }
+    l.end_iteration();
+    assert_eq!(l.commits[0].messages(), 3);
+    l.settle();
+    let replies = l.take(1);
+    assert_eq!(replies[0]["msg_id"], replies[2]["msg_id"], "{replies:?}");
+    assert_ne!(replies[0]["msg_id"], replies[1]["msg_id"]);
+    assert_eq!(l.svc.metrics.commits, commits + 1);
+    assert_eq!(l.svc.metrics.deduplicated, 1);
+    let delivered: Vec<Value> = l
+        .events(2, "message")
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(delivered, ["a", "b"]);
+    // A retry in a later batch, after the first copy is stored.
+    let first = replies[1]["msg_id"].clone();
+    let again = l.ok(
+        1,
+        json!({"type": "send", "to": "@bob", "text": "b", "client_id": "y"}),
+    );
+    assert_eq!(again["msg_id"], first);
+    assert!(l.events(2, "message").is_empty());
+}
+
+#[test]
+fn the_next_batch_gathers_while_one_is_committed() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.user(2, "bob");
+    l.user(3, "carol");
+    l.request(1, json!({"type": "send", "to": "@bob", "text": "n"}));
+    l.end_iteration();
+    assert_eq!(l.commits.len(), 1);
+    // While batch N is out, other connections' sends gather into N+1, which waits.
+    l.request(3, json!({"type": "send", "to": "@bob", "text": "n+1"}));
+    l.request(
+        3,
+        json!({"type": "send", "to": "@alice", "text": "n+1 too"}),
+    );
+    l.end_iteration();
+    assert_eq!(l.commits.len(), 1, "one batch out at a time");
+    assert!(l.commit());
+    l.end_iteration();
+    assert_eq!(l.commits[0].messages(), 2);
+    l.settle();
+    let texts: Vec<Value> = l
+        .events(2, "message")
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts, ["n", "n+1"]);
+    let ids: Vec<i64> = l
+        .take(3)
+        .iter()
+        .filter_map(|r| r["msg_id"].as_i64())
+        .collect();
+    assert!(ids[0] < ids[1], "msg_id follows acceptance: {ids:?}");
+}
+
+#[test]
+fn a_failed_commit_answers_unavailable_and_delivers_nothing() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.user(2, "bob");
+    let id = l.request(1, json!({"type": "send", "to": "@bob", "text": "lost"}));
+    l.end_iteration();
+    l.commits.clear();
+    let failed = Committed {
+        results: Err(crate::store::StoreError::Unavailable("disk full".into())),
+        took: Duration::ZERO,
+    };
+    l.svc.committed(failed, l.now);
+    l.take_effects();
+    let replies = l.take(1);
+    assert_eq!(ids(&replies), [id]);
+    assert_eq!(replies[0]["code"], "unavailable");
+    assert!(l.events(2, "message").is_empty());
+    assert_eq!(l.svc.metrics.commit_failures, 1);
+}
+
+#[test]
+fn presence_of_one_iteration_is_one_shared_buffer_and_nobody_hears_itself() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.ok(1, json!({"type": "group.create", "group": "team"}));
+    for (conn, name) in [(2, "bob"), (3, "carol")] {
+        l.user(conn, name);
+        l.ok(conn, json!({"type": "group.join", "group": "team"}));
+    }
+    // bob and carol leave and come back in one iteration.
+    l.svc.close(2);
+    l.svc.close(3);
+    let exp = START_MS / 1000 + 3600;
+    for (conn, name) in [(4, "bob"), (5, "carol")] {
+        l.open(conn);
+        let token = super::auth::sign_jwt(&json!({"sub": name, "exp": exp}), SECRET);
+        l.request(conn, json!({"type": "auth", "token": token}));
+    }
+    l.take(1);
+    l.end_iteration();
+    // What alice got: the four changes, in one buffer.
+    let seen = l.events(1, "presence");
+    let changes: Vec<(Value, Value)> = seen
+        .iter()
+        .map(|p| (p["user"].clone(), p["online"].clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (json!("bob"), json!(false)),
+            (json!("carol"), json!(false)),
+            (json!("bob"), json!(true)),
+            (json!("carol"), json!(true))
+        ]
+    );
+    for conn in [4, 5] {
+        let me = if conn == 4 { "bob" } else { "carol" };
+        let heard: Vec<Value> = l.events(conn, "presence");
+        assert!(
+            heard.iter().all(|p| p["user"] != me),
+            "{me} heard itself: {heard:?}"
+        );
+    }
+}
+
+#[test]
+fn permissions_are_checked_before_anything_is_written() {
+    let mut l = Loop::new(settings());
+    l.user(1, "owner");
+    l.user(2, "member");
+    l.user(3, "outsider");
+    l.ok(
+        1,
+        json!({"type": "group.create", "group": "club", "private": true}),
+    );
+    let writes_before = l.svc.metrics.batched;
+    assert_eq!(
+        l.error(2, json!({"type": "group.join", "group": "club"})),
+        "forbidden"
+    );
+    assert_eq!(
+        l.error(3, json!({"type": "send", "to": "#club", "text": "hi"})),
+        "forbidden"
+    );
+    assert_eq!(
+        l.svc.metrics.batched, writes_before,
+        "refusals write nothing"
+    );
+    l.ok(
+        1,
+        json!({"type": "group.invite", "group": "club", "user": "member"}),
+    );
+    l.ok(2, json!({"type": "group.join", "group": "club"}));
+    assert_eq!(
+        l.error(
+            2,
+            json!({"type": "group.kick", "group": "club", "user": "owner"})
+        ),
+        "forbidden"
+    );
+    assert_eq!(
+        l.error(2, json!({"type": "group.delete", "group": "club"})),
+        "forbidden"
+    );
+    assert_eq!(
+        l.error(1, json!({"type": "group.leave", "group": "club"})),
+        "forbidden",
+        "an owner hands the group over first"
+    );
+    l.ok(
+        1,
+        json!({"type": "group.kick", "group": "club", "user": "member", "ban": true}),
+    );
+    assert_eq!(
+        l.error(2, json!({"type": "group.join", "group": "club"})),
+        "forbidden"
+    );
+    assert_eq!(
+        l.error(2, json!({"type": "history", "with": "#club"})),
+        "forbidden"
+    );
+    l.ok(1, json!({"type": "group.delete", "group": "club"}));
+    assert_eq!(
+        l.error(1, json!({"type": "send", "to": "#club", "text": "gone"})),
+        "not_found"
+    );
+}
+
+#[test]
+fn a_send_to_a_group_deleted_before_its_commit_is_not_found() {
+    let mut l = Loop::new(settings());
+    l.user(1, "owner");
+    l.user(2, "member");
+    l.ok(1, json!({"type": "group.create", "group": "brief"}));
+    l.ok(2, json!({"type": "group.join", "group": "brief"}));
+    // The deletion is out to the writer when the send is accepted.
+    l.request(1, json!({"type": "group.delete", "group": "brief"}));
+    l.end_iteration();
+    let send = l.request(2, json!({"type": "send", "to": "#brief", "text": "late"}));
+    l.settle();
+    let reply = l.take(2).into_iter().find(|r| r["re"] == send).unwrap();
+    assert_eq!(reply["code"], "not_found", "{reply}");
+}
+
+#[test]
+fn recovery_pages_by_the_limit_and_says_whether_it_is_complete() {
+    let mut s = settings();
+    s.recovery_limit = 3;
+    let mut l = Loop::new(s);
+    l.user(1, "alice");
+    l.user(2, "bob");
+    for i in 0..5 {
+        l.ok(
+            1,
+            json!({"type": "send", "to": "@bob", "text": format!("m{i}")}),
+        );
+    }
+    l.open(3);
+    let exp = START_MS / 1000 + 3600;
+    let token = super::auth::sign_jwt(&json!({"sub": "bob", "exp": exp}), SECRET);
+    l.request(3, json!({"type": "auth", "token": token, "since": 0}));
+    l.settle();
+    let got = l.take(3);
+    let kinds: Vec<&str> = got.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ok", "message", "message", "message", "recovered"]);
+    let texts: Vec<&Value> = got[1..4].iter().map(|m| &m["text"]).collect();
+    assert_eq!(texts, ["m0", "m1", "m2"]);
+    let last = got[4]["last_msg_id"].as_i64().unwrap();
+    assert_eq!(got[4]["complete"], false);
+    assert_eq!(last, got[3]["msg_id"].as_i64().unwrap());
+    l.request(3, json!({"type": "sync", "since": last}));
+    l.settle();
+    let rest = l.take(3);
+    assert_eq!(rest[0]["type"], "ok");
+    let texts: Vec<&Value> = rest
+        .iter()
+        .filter(|v| v["type"] == "message")
+        .map(|m| &m["text"])
+        .collect();
+    assert_eq!(texts, ["m3", "m4"]);
+    let done = rest.last().unwrap();
+    assert_eq!(
+        (done["type"].as_str(), &done["complete"]),
+        (Some("recovered"), &json!(true))
+    );
+}
+
+#[test]
+fn a_closing_connection_ends_after_the_replies_it_is_owed() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.user(2, "bob");
+    let id = l.request(
+        1,
+        json!({"type": "send", "to": "@bob", "text": "last words"}),
+    );
+    l.svc.finish_after_replies(1);
+    l.take_effects();
+    assert!(l.finished.is_empty(), "the send is still owed its reply");
+    l.end_iteration();
+    assert!(l.commit());
+    assert_eq!(ids(&l.take(1)), [id]);
+    assert_eq!(l.finished, [1], "then the connection may end");
+    // One that is owed nothing ends at once.
+    l.svc.finish_after_replies(2);
+    l.take_effects();
+    assert_eq!(l.finished, [1, 2]);
+}
+
+#[test]
+fn replies_for_a_closed_connection_do_not_reach_the_next_one_in_its_slot() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.user(2, "bob");
+    l.request(
+        1,
+        json!({"type": "send", "to": "@bob", "text": "and goodbye"}),
+    );
+    l.end_iteration();
+    l.svc.close(1);
+    l.open(1); // a new connection in the same slot
+    assert!(l.commit());
+    assert!(l.take(1).iter().all(|v| v["type"] != "ok"), "no stray ok");
+    assert_eq!(
+        l.events(2, "message").len(),
+        1,
+        "the message still went out"
+    );
+}
