@@ -269,6 +269,7 @@ impl Service {
         match user {
             Ok(Some(user)) => {
                 info!("created user {} from a JWT", user.name);
+                self.remember_user(&user);
                 let uid = user.id;
                 self.set_identity(
                     conn,

@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::metrics::COMMIT_BUCKETS_US;
 use super::protocol::{ErrorCode, Failure};
 use super::service::{unavailable, ConnId, Effect, Now, Reply, Service, GONE};
-use crate::store::{self, Committed, Group, Role, StoreError, User, Write, Written};
+use crate::store::{self, Committed, Group, Role, StoreError, User, UserId, Write, Written};
 
 /// What follows an entry's commit.
 #[derive(Debug)]
@@ -60,8 +60,8 @@ pub enum Then {
     GroupCreated {
         /// The group.
         group: Group,
-        /// Its owner.
-        owner: String,
+        /// Its owner's id and name.
+        owner: (UserId, String),
     },
     /// `group.join`, `group.leave` and `group.kick`: a member came or went.
     Membership(super::groups::Change),

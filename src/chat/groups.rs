@@ -14,7 +14,7 @@ use super::names::valid_name;
 use super::permissions::{self, Action, Actor, Denied};
 use super::protocol::{self, ErrorCode, Failure};
 use super::service::{fail, Identity, Now, Outcome, Reply, Service};
-use crate::store::{Group, GroupId, Role, User, Write, Written};
+use crate::store::{Group, GroupId, Role, User, UserId, Write, Written};
 
 /// A member who came or went, announced once committed.
 #[derive(Debug)]
@@ -23,6 +23,8 @@ pub struct Change {
     pub group: Group,
     /// The member.
     pub user: String,
+    /// The member's id.
+    pub user_id: UserId,
     /// How.
     pub kind: ChangeKind,
 }
@@ -39,37 +41,18 @@ pub enum ChangeKind {
 }
 
 const GROUP_NAMES: &str = "group names are 1-32 characters of a-z 0-9 _ . -";
-const USER_NAMES: &str = "user names are 1-32 characters of a-z 0-9 _ . -";
 
 impl Service {
-    pub(super) fn find_group(&self, name: &str) -> Result<Group, Failure> {
-        if !valid_name(name) {
-            return fail(ErrorCode::BadRequest, GROUP_NAMES);
-        }
-        self.store
-            .group(name)?
-            .ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no group {name}")))
-    }
-
-    pub(super) fn find_user(&self, name: &str) -> Result<User, Failure> {
-        if !valid_name(name) {
-            return fail(ErrorCode::BadRequest, USER_NAMES);
-        }
-        self.store
-            .user(name)?
-            .ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no user {name}")))
-    }
-
-    pub(super) fn actor(&self, me: &Identity, group: &Group) -> Result<Actor, Failure> {
+    pub(super) fn actor(&mut self, me: &Identity, group: &Group) -> Result<Actor, Failure> {
         Ok(Actor {
-            role: self.store.role(group.id, me.id)?,
+            role: self.role(group.id, me.id)?,
             server_admin: self.settings.admins.contains(&me.name),
         })
     }
 
     /// The target's role, or `not_found` when not a member.
-    fn member_role(&self, group: &Group, user: &User) -> Result<Role, Failure> {
-        self.store.role(group.id, user.id)?.ok_or_else(|| {
+    fn member_role(&mut self, group: &Group, user: &User) -> Result<Role, Failure> {
+        self.role(group.id, user.id)?.ok_or_else(|| {
             Failure::new(
                 ErrorCode::NotFound,
                 format!("{} is not a member of {}", user.name, group.name),
@@ -103,7 +86,7 @@ impl Service {
             write,
             Then::GroupCreated {
                 group,
-                owner: me.name.clone(),
+                owner: (me.id, me.name.clone()),
             },
         )
     }
@@ -111,10 +94,11 @@ impl Service {
     pub(super) fn group_created(
         &mut self,
         group: Group,
-        owner: String,
+        (owner_id, owner): (UserId, String),
         written: Result<Written, Failure>,
     ) -> Reply {
         plain_result(written, &format!("group {} exists", group.name))?;
+        self.remember_group(&group, owner_id);
         self.members_cache.insert(group.id, Rc::new(vec![owner]));
         Ok(json!({ "group": group.name }))
     }
@@ -140,6 +124,7 @@ impl Service {
                 Change {
                     group,
                     user: me.name.clone(),
+                    user_id: me.id,
                     kind: ChangeKind::Joined,
                 },
             ),
@@ -161,6 +146,7 @@ impl Service {
                 Change {
                     group,
                     user: me.name.clone(),
+                    user_id: me.id,
                     kind: ChangeKind::Left,
                 },
             ),
@@ -199,6 +185,7 @@ impl Service {
                 Change {
                     group,
                     user: target.name,
+                    user_id: target.id,
                     kind: ChangeKind::Kicked(me.name.clone()),
                 },
             ),
@@ -214,9 +201,15 @@ impl Service {
         written: Result<Written, Failure>,
     ) -> Reply {
         plain_result(written, "")?;
-        let Change { group, user, kind } = change;
+        let Change {
+            group,
+            user,
+            user_id,
+            kind,
+        } = change;
         let joined = matches!(kind, ChangeKind::Joined);
         self.cache_membership(group.id, &user, joined);
+        self.remember_role(group.id, user_id, joined.then_some(Role::Member));
         let (event, by) = match kind {
             ChangeKind::Joined => ("group.joined", None),
             ChangeKind::Left => ("group.left", None),
@@ -293,7 +286,7 @@ impl Service {
     /// The write for a role change, and the roles to announce: handing ownership over makes
     /// the old owner an admin.
     fn check_role(
-        &self,
+        &mut self,
         me: &Identity,
         name: &str,
         user: &str,
@@ -355,6 +348,7 @@ impl Service {
         written: Result<Written, Failure>,
     ) -> Reply {
         plain_result(written, "")?;
+        self.forget_group(&group, false);
         let members = self.members_of(group.id)?;
         let conns = self.conns_of_names(&members);
         for (user, role) in changes {
@@ -395,6 +389,7 @@ impl Service {
         written: Result<Written, Failure>,
     ) -> Reply {
         plain_result(written, "")?;
+        self.forget_group(&group, true);
         // Everyone who was a member when it went hears of it (the cache has the latest list).
         let members = match self.members_cache.remove(&group.id) {
             Some(cached) => cached.to_vec(),

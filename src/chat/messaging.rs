@@ -53,7 +53,7 @@ pub struct Accepted {
 impl Service {
     /// Resolves `@user` / `#group` and checks that `me` may talk there.
     pub(super) fn conversation(
-        &self,
+        &mut self,
         me: &Identity,
         address: &str,
     ) -> Result<Conversation, Failure> {
@@ -158,7 +158,7 @@ impl Service {
     }
 
     fn check_send(
-        &self,
+        &mut self,
         me: &Identity,
         to: &str,
         text: &str,

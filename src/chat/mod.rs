@@ -9,12 +9,14 @@
 //! 4. [`held`]: replies in request order, and closing after the replies owed.
 //! 5. The handlers by job: [`accounts`], [`presence`], [`groups`], [`messaging`], [`files`].
 //! 6. [`batch`]: the iteration's writes, committed off the loop, and what follows each.
-//! 7. [`metrics`]; the workers the loop runs for the service: [`hasher`] (passwords) and
+//! 7. [`directory`]: users, groups and roles remembered from the store.
+//! 8. [`metrics`]; the workers the loop runs for the service: [`hasher`] (passwords) and
 //!    [`upload`] (files on disk).
 
 pub mod accounts;
 pub mod auth;
 pub mod batch;
+pub mod directory;
 pub mod files;
 pub mod groups;
 pub mod hasher;

@@ -242,6 +242,8 @@ pub struct Service {
     pub(super) batch: Batch,
     /// Members by group, cached for delivery and presence; changed in place as commits land.
     pub(super) members_cache: HashMap<GroupId, Rc<Vec<String>>>,
+    /// Users, groups and roles remembered from the store.
+    pub(super) directory: super::directory::Directory,
     /// Users whose first connection authenticated (`true`) or last one left, in order;
     /// announced together by [`Service::flush_presence`].
     pub(super) presence_changes: Vec<(UserId, String, bool)>,
@@ -301,6 +303,7 @@ impl Service {
             next_group_id,
             batch: Batch::default(),
             members_cache: HashMap::new(),
+            directory: Default::default(),
             presence_changes: Vec::new(),
             metrics: ChatMetrics::default(),
             file_metrics: FileMetrics::default(),

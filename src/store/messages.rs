@@ -105,12 +105,20 @@ impl Store {
                     ids.push(id?);
                 }
             }
-            for sql in [
-                "SELECT id FROM messages WHERE recipient = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                "SELECT id FROM messages WHERE sender = ?1 AND recipient IS NOT NULL AND id > ?2 ORDER BY id LIMIT ?3",
-            ] {
-                let mut stmt = self.db.prepare_cached(sql)?;
-                for id in stmt.query_map(params![user, since, want], |r| r.get(0))? {
+            // Direct conversations, one per peer the user ever exchanged a message with.
+            let mut peers = self
+                .db
+                .prepare_cached("SELECT peer_id FROM direct_pairs WHERE user_id = ?1")?;
+            let peer_ids: Vec<UserId> = peers
+                .query_map(params![user], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut per_pair = self.db.prepare_cached(
+                "SELECT id FROM messages WHERE pair = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            for peer in peer_ids {
+                for id in
+                    per_pair.query_map(params![pair(user, peer), since, want], |r| r.get(0))?
+                {
                     ids.push(id?);
                 }
             }

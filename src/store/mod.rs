@@ -204,6 +204,8 @@ fn pair(a: UserId, b: UserId) -> String {
 /// another for the batches.
 pub struct Store {
     db: Connection,
+    /// Direct conversations known to be listed in `direct_pairs` (on the writer's connection).
+    pairs: std::collections::HashSet<(UserId, UserId)>,
 }
 
 impl Store {
@@ -217,12 +219,17 @@ impl Store {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
+        // The pages that inserts keep touching (the right edges of the indexes) stay in memory.
+        db.pragma_update(None, "cache_size", -8192)?;
         schema::migrate(&mut db)?;
         // Once serving, another process holding the write lock (a second chatd on the same
         // data dir, a backup tool) makes calls fail quickly with `unavailable` instead of
         // stalling the loop.
         db.busy_timeout(std::time::Duration::from_millis(100))?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            pairs: Default::default(),
+        })
     }
 
     /// The schema version in force.
@@ -235,6 +242,22 @@ impl Store {
     pub fn set_synchronous(&self, full: bool) -> Result<()> {
         self.db
             .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+        Ok(())
+    }
+
+    /// Makes this connection the one that checkpoints, when told to ([`Store::checkpoint`]),
+    /// rather than SQLite's automatic checkpoint at the end of the commit that crosses its
+    /// threshold, which would hold that commit's result back.
+    pub fn checkpoint_by_hand(&self) -> Result<()> {
+        self.db.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies what the write-ahead log holds into the database file (a passive checkpoint:
+    /// it never waits for readers).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.db
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -252,12 +275,20 @@ impl Store {
         let mut db = Connection::open_in_memory()?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         schema::migrate(&mut db)?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            pairs: Default::default(),
+        })
     }
 
     /// Applies a batch of writes in one transaction (see [`write::apply`]).
     pub fn apply(&mut self, batch: Batch) -> Result<(Vec<Written>, write::Orphans)> {
-        write::apply(&mut self.db, batch)
+        let applied = write::apply(&mut self.db, &mut self.pairs, batch);
+        if applied.is_err() {
+            // Pairs this batch listed were rolled back with it.
+            self.pairs.clear();
+        }
+        applied
     }
 }
 

@@ -7,6 +7,7 @@
 //! is undone by itself and the transaction goes on. Anything else (disk full, I/O error) fails
 //! the whole batch, and nothing of it is stored.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::PathBuf;
 
@@ -192,7 +193,11 @@ pub fn files_of(batch: &Batch) -> Orphans {
 /// Applies a batch in one transaction. Files are synced before it begins; the ids of files left
 /// without a message (a deleted group's) are returned for the caller to remove after the
 /// commit.
-pub fn apply(db: &mut Connection, batch: Batch) -> Result<(Vec<Written>, Orphans)> {
+pub fn apply(
+    db: &mut Connection,
+    pairs: &mut HashSet<(UserId, UserId)>,
+    batch: Batch,
+) -> Result<(Vec<Written>, Orphans)> {
     let mut results = Vec::with_capacity(batch.writes.len());
     let mut writes = Vec::with_capacity(batch.writes.len());
     // Uploaded bytes are durable before the row that points at them.
@@ -220,7 +225,7 @@ pub fn apply(db: &mut Connection, batch: Batch) -> Result<(Vec<Written>, Orphans
     let tx = db.transaction()?;
     for (write, result) in writes.into_iter().zip(results.iter_mut()) {
         if let Some(write) = write {
-            *result = Some(one(&tx, write, &mut orphans)?);
+            *result = Some(one(&tx, write, pairs, &mut orphans)?);
         }
     }
     tx.commit()?;
@@ -229,10 +234,15 @@ pub fn apply(db: &mut Connection, batch: Batch) -> Result<(Vec<Written>, Orphans
 
 /// Applies one write inside the batch's transaction. A statement that breaks a constraint is
 /// undone by SQLite alone (the transaction stays), and answers for this write only.
-fn one(tx: &Transaction, write: Write, orphans: &mut Orphans) -> Result<Written> {
+fn one(
+    tx: &Transaction,
+    write: Write,
+    pairs: &mut HashSet<(UserId, UserId)>,
+    orphans: &mut Orphans,
+) -> Result<Written> {
     let outcome = match write {
         Write::Message { message, .. } => {
-            let written = insert_message(tx, &message)?;
+            let written = insert_message(tx, &message, pairs)?;
             // A file posted to a group deleted meanwhile has no message to own it.
             if let (Written::Gone, Some(f)) = (&written, &message.file) {
                 orphans.push(f.id.clone());
@@ -381,7 +391,11 @@ fn constraint(e: &rusqlite::Error) -> Option<Constraint> {
 
 /// Inserts a message and its file. The unique index on `(sender, client_id)` is the dedupe:
 /// a retry breaks it, and then the first copy is looked up, only in that case.
-fn insert_message(tx: &Transaction, m: &NewMessage) -> Result<Written> {
+fn insert_message(
+    tx: &Transaction,
+    m: &NewMessage,
+    pairs: &mut HashSet<(UserId, UserId)>,
+) -> Result<Written> {
     let (group, recipient, pair) = match m.to {
         super::Target::Group(g) => (Some(g), None, None),
         super::Target::Direct(u) => (None, Some(u), Some(pair(m.sender, u))),
@@ -421,6 +435,9 @@ fn insert_message(tx: &Transaction, m: &NewMessage) -> Result<Written> {
         Err((Some(Constraint::ForeignKey), _)) => return Ok(Written::Gone),
         Err((None, e)) => return Err(e.into()),
     }
+    if let super::Target::Direct(peer) = m.to {
+        list_pair(tx, pairs, m.sender, peer)?;
+    }
     if let Some(f) = &m.file {
         tx.prepare_cached(
             "INSERT INTO files (id, msg_id, name, size, mime, sha256)
@@ -429,4 +446,29 @@ fn insert_message(tx: &Transaction, m: &NewMessage) -> Result<Written> {
         .execute(params![f.id, m.id, f.name, f.size as i64, f.mime, f.sha256])?;
     }
     Ok(Written::Done(0))
+}
+
+/// Direct conversations the writer remembers having listed, before it starts over (a pair
+/// listed twice costs one `INSERT OR IGNORE` that changes nothing).
+const MAX_PAIRS_REMEMBERED: usize = 1 << 20;
+
+/// Lists a direct conversation for both users (recovery finds it there), once: the writer
+/// remembers the pairs it has listed.
+fn list_pair(
+    tx: &Transaction,
+    pairs: &mut HashSet<(UserId, UserId)>,
+    a: UserId,
+    b: UserId,
+) -> Result<()> {
+    if pairs.len() >= MAX_PAIRS_REMEMBERED {
+        pairs.clear();
+    }
+    if !pairs.insert((a.min(b), a.max(b))) {
+        return Ok(());
+    }
+    let mut stmt =
+        tx.prepare_cached("INSERT OR IGNORE INTO direct_pairs (user_id, peer_id) VALUES (?1, ?2)")?;
+    stmt.execute(params![a, b])?;
+    stmt.execute(params![b, a])?;
+    Ok(())
 }

@@ -3,13 +3,17 @@
 //!
 //! The loop hands it one [`Batch`] at a time and goes on serving; while the writer commits
 //! batch N, the loop gathers batch N+1. The writer syncs uploaded files, runs the transaction
-//! (with `--sync full`, its disk sync), removes the files the batch orphaned, and runs SQLite's
-//! WAL checkpoints, which happen on the connection that commits. Each result goes back through
-//! a channel and a [`mio::Waker`], so it reaches the loop as an ordinary event, the way the
-//! password worker's results do.
+//! (with `--sync full`, its disk sync), and removes the files the batch orphaned. Each result
+//! goes back through a channel and a [`mio::Waker`], so it reaches the loop as an ordinary
+//! event, the way the password worker's results do.
+//!
+//! The writer also runs the WAL checkpoints (copying the log into the database file, with its
+//! disk syncs): after it has reported a commit, at most every [`CHECKPOINT_INTERVAL`], and when
+//! it has been idle for that long with commits not yet copied. So a checkpoint never holds a
+//! result back; it can only delay the next commit, while the loop gathers a bigger batch.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -19,6 +23,10 @@ use mio::Waker;
 
 use super::write::{self, Batch, Written};
 use super::{Result, Store, StoreError};
+
+/// How often the writer checkpoints while commits keep coming, and how long it waits idle
+/// before it checkpoints what is left.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A batch's outcome.
 #[derive(Debug)]
@@ -116,7 +124,23 @@ fn run(
     done: &Sender<Committed>,
     waker: &Waker,
 ) {
-    while let Ok(batch) = jobs.recv() {
+    if let Err(e) = store.checkpoint_by_hand() {
+        warn!("automatic checkpoints stay on: {e}");
+    }
+    let mut last_checkpoint = Instant::now();
+    let mut uncopied = false;
+    loop {
+        let batch = match jobs.recv_timeout(CHECKPOINT_INTERVAL) {
+            Ok(batch) => batch,
+            Err(RecvTimeoutError::Timeout) => {
+                if uncopied {
+                    checkpoint(&store);
+                    (last_checkpoint, uncopied) = (Instant::now(), false);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let started = Instant::now();
         let files = write::files_of(&batch);
         let (results, orphans) = match store.apply(batch) {
@@ -134,5 +158,19 @@ fn run(
         if let Err(e) = waker.wake() {
             warn!("store writer could not wake the loop: {e}");
         }
+        uncopied = true;
+        if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+            checkpoint(&store);
+            (last_checkpoint, uncopied) = (Instant::now(), false);
+        }
+    }
+    if uncopied {
+        checkpoint(&store);
+    }
+}
+
+fn checkpoint(store: &Store) {
+    if let Err(e) = store.checkpoint() {
+        warn!("checkpoint failed: {e}");
     }
 }
