@@ -542,4 +542,35 @@ mod tests {
         let (page, _) = s.recover(b, 0, 10).unwrap();
         assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![3]);
     }
+
+    #[test]
+    fn schema_4_lists_the_direct_conversations_of_an_older_database() {
+        let mut db = Connection::open_in_memory().unwrap();
+        for step in &schema::MIGRATIONS[..3] {
+            db.execute_batch(step).unwrap();
+        }
+        db.execute_batch(
+            "INSERT INTO users (id, name, created_ms) VALUES (1, 'a', 0), (2, 'b', 0), (3, 'c', 0);
+             INSERT INTO messages (id, sender, recipient, pair, text, ts)
+                VALUES (1, 1, 2, '1:2', 'hi b', 1), (2, 3, 1, '1:3', 'hi a', 2);
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        assert_eq!(schema::migrate(&mut db).unwrap(), 4);
+        let s = Store {
+            db,
+            pairs: Default::default(),
+        };
+        let ids = |user| -> Vec<i64> {
+            s.recover(user, 0, 10)
+                .unwrap()
+                .0
+                .iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        assert_eq!(ids(1), [1, 2]);
+        assert_eq!(ids(2), [1]);
+        assert_eq!(ids(3), [2]);
+    }
 }
