@@ -278,70 +278,104 @@ fn one(
             owner,
             created_ms,
         } => in_savepoint(tx, |tx| {
-            tx.prepare_cached(
-                "INSERT INTO groups (id, name, private, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![id, name, private, created_ms])?;
-            tx.prepare_cached(
-                "INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, 'owner')",
-            )?
-            .execute(params![id, owner])?;
-            Ok(())
+            create_group(tx, id, &name, private, owner, created_ms)
         }),
-        Write::SetRole { group, user, role } => in_savepoint(tx, |tx| {
-            tx.prepare_cached(
-                "INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (group_id, user_id) DO UPDATE SET role = excluded.role",
-            )?
-            .execute(params![group, user, role.as_str()])?;
-            tx.prepare_cached("DELETE FROM invites WHERE group_id = ?1 AND user_id = ?2")?
-                .execute(params![group, user])?;
-            Ok(())
-        }),
-        Write::TransferOwnership { group, from, to } => in_savepoint(tx, |tx| {
-            tx.prepare_cached(
-                "UPDATE members SET role = 'admin' WHERE group_id = ?1 AND user_id = ?2",
-            )?
-            .execute(params![group, from])?;
-            tx.prepare_cached(
-                "UPDATE members SET role = 'owner' WHERE group_id = ?1 AND user_id = ?2",
-            )?
-            .execute(params![group, to])?;
-            Ok(())
-        }),
-        Write::RemoveMember { group, user, ban } => in_savepoint(tx, |tx| {
-            tx.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND user_id = ?2")?
-                .execute(params![group, user])?;
-            if ban {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO bans (group_id, user_id) VALUES (?1, ?2)",
-                )?
-                .execute(params![group, user])?;
-            }
-            Ok(())
-        }),
-        Write::Invite { group, user } => in_savepoint(tx, |tx| {
-            tx.prepare_cached("DELETE FROM bans WHERE group_id = ?1 AND user_id = ?2")?
-                .execute(params![group, user])?;
-            tx.prepare_cached("INSERT OR IGNORE INTO invites (group_id, user_id) VALUES (?1, ?2)")?
-                .execute(params![group, user])?;
-            Ok(())
-        }),
-        Write::DeleteGroup { group } => {
-            let files: Vec<String> = tx
-                .prepare_cached(
-                    "SELECT f.id FROM files f JOIN messages m ON m.id = f.msg_id
-                     WHERE m.group_id = ?1",
-                )?
-                .query_map(params![group], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            tx.prepare_cached("DELETE FROM groups WHERE id = ?1")?
-                .execute(params![group])?;
-            orphans.extend(files);
-            Ok(Written::Done(0))
+        Write::SetRole { group, user, role } => {
+            in_savepoint(tx, |tx| set_role(tx, group, user, role))
         }
+        Write::TransferOwnership { group, from, to } => {
+            in_savepoint(tx, |tx| transfer_ownership(tx, group, from, to))
+        }
+        Write::RemoveMember { group, user, ban } => {
+            in_savepoint(tx, |tx| remove_member(tx, group, user, ban))
+        }
+        Write::Invite { group, user } => in_savepoint(tx, |tx| invite(tx, group, user)),
+        Write::DeleteGroup { group } => delete_group(tx, group, orphans),
     };
     settle(outcome)
+}
+
+fn create_group(
+    tx: &Transaction,
+    id: GroupId,
+    name: &str,
+    private: bool,
+    owner: UserId,
+    created_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO groups (id, name, private, created_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![id, name, private, created_ms])?;
+    tx.prepare_cached("INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, 'owner')")?
+        .execute(params![id, owner])?;
+    Ok(())
+}
+
+fn set_role(tx: &Transaction, group: GroupId, user: UserId, role: Role) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, ?3)
+         ON CONFLICT (group_id, user_id) DO UPDATE SET role = excluded.role",
+    )?
+    .execute(params![group, user, role.as_str()])?;
+    tx.prepare_cached("DELETE FROM invites WHERE group_id = ?1 AND user_id = ?2")?
+        .execute(params![group, user])?;
+    Ok(())
+}
+
+fn transfer_ownership(
+    tx: &Transaction,
+    group: GroupId,
+    from: UserId,
+    to: UserId,
+) -> rusqlite::Result<()> {
+    let mut stmt =
+        tx.prepare_cached("UPDATE members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2")?;
+    stmt.execute(params![group, from, Role::Admin.as_str()])?;
+    stmt.execute(params![group, to, Role::Owner.as_str()])?;
+    Ok(())
+}
+
+fn remove_member(
+    tx: &Transaction,
+    group: GroupId,
+    user: UserId,
+    ban: bool,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND user_id = ?2")?
+        .execute(params![group, user])?;
+    if ban {
+        tx.prepare_cached("INSERT OR IGNORE INTO bans (group_id, user_id) VALUES (?1, ?2)")?
+            .execute(params![group, user])?;
+    }
+    Ok(())
+}
+
+fn invite(tx: &Transaction, group: GroupId, user: UserId) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM bans WHERE group_id = ?1 AND user_id = ?2")?
+        .execute(params![group, user])?;
+    tx.prepare_cached("INSERT OR IGNORE INTO invites (group_id, user_id) VALUES (?1, ?2)")?
+        .execute(params![group, user])?;
+    Ok(())
+}
+
+/// Deletes a group; its history and memberships go with it (`ON DELETE CASCADE`), its files'
+/// bytes once the batch is committed.
+fn delete_group(
+    tx: &Transaction,
+    group: GroupId,
+    orphans: &mut Orphans,
+) -> rusqlite::Result<Written> {
+    let files: Vec<String> = tx
+        .prepare_cached(
+            "SELECT f.id FROM files f JOIN messages m ON m.id = f.msg_id WHERE m.group_id = ?1",
+        )?
+        .query_map(params![group], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    tx.prepare_cached("DELETE FROM groups WHERE id = ?1")?
+        .execute(params![group])?;
+    orphans.extend(files);
+    Ok(Written::Done(0))
 }
 
 /// Runs several statements as one step that is undone as a whole when one of them fails.

@@ -1,0 +1,62 @@
+//! Start-up: the store opened twice (the loop's reads, the writer's connection) and the chat
+//! service's settings from the configuration.
+
+use std::io;
+use std::sync::Arc;
+
+use log::{info, warn};
+use mio::Waker;
+
+use crate::chat::hasher::Cost;
+use crate::chat::{Service, Settings};
+use crate::config::{Config, Registration, SyncMode};
+use crate::store::{Store, Writer};
+
+/// Opens the store twice: the loop's connection for reads, inside the chat service, and the
+/// writer's, on its own thread.
+pub(super) fn open_store(cfg: &Config, waker: Arc<Waker>) -> io::Result<(Service, Writer)> {
+    let in_dir =
+        |e: crate::store::StoreError| io::Error::other(format!("{}: {e}", cfg.data_dir.display()));
+    let reads = Store::open(&cfg.data_dir).map_err(in_dir)?;
+    match reads.purge_sessions(crate::chat::now_ms()) {
+        Ok(n) if n > 0 => info!("removed {n} expired sessions"),
+        Ok(_) => {}
+        Err(e) => warn!("expired sessions not removed: {e}"),
+    }
+    let writes = Store::open(&cfg.data_dir)
+        .and_then(|s| s.set_synchronous(cfg.sync == SyncMode::Full).map(|()| s))
+        .map_err(in_dir)?;
+    let settings = settings(cfg);
+    let writer = Writer::start(writes, settings.files_dir.clone(), waker)?;
+    let chat = Service::new(reads, settings).map_err(in_dir)?;
+    Ok((chat, writer))
+}
+
+pub(super) fn argon2_cost(cfg: &Config) -> Cost {
+    Cost {
+        memory_kib: cfg.argon2_memory_kib,
+        iterations: cfg.argon2_iterations,
+    }
+}
+
+/// The chat service's settings from the configuration.
+pub(super) fn settings(cfg: &Config) -> Settings {
+    Settings {
+        registration_open: cfg.registration == Registration::Open,
+        admins: cfg.admins.iter().cloned().collect(),
+        jwt_secret: cfg.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        session_ttl: cfg.session_ttl,
+        command_rate: cfg.command_rate,
+        command_burst: cfg.command_burst,
+        rate_strikes: cfg.rate_strikes,
+        login_rate: cfg.login_rate / 60.0,
+        login_burst: cfg.login_burst,
+        argon2: argon2_cost(cfg),
+        max_text_chars: cfg.max_text_chars,
+        recovery_limit: cfg.recovery_limit,
+        typing_rate: cfg.typing_rate,
+        typing_burst: cfg.typing_burst,
+        files_dir: crate::chat::upload::files_dir(&cfg.data_dir),
+        max_file_size: cfg.max_file_size,
+    }
+}
