@@ -13,6 +13,7 @@
 #   full x4    dm x4 with --sync full, then echo x1 alone and echo x1 while dm x4 runs, to
 #              show whether the disk reaches the other connections
 #   group 10   one sender flat out (16 unacknowledged) to a group of 10
+#   echo x8, broadcast 1000   the transport alone (as in compare.sh), to see that it did not move
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-messaging.jsonl}
@@ -74,6 +75,8 @@ for round in $(seq "$ROUNDS"); do
     stop_server
     start_server "$bin"
     run "group 10" "$bin" "$round" group --members 10 --senders 1 --inflight 16
+    run "echo x8" "$bin" "$round" echo --connections 100 --inflight 8 --size 64
+    run "broadcast 1000" "$bin" "$round" broadcast --receivers 1000 --size 64
     stop_server
   done
 done
