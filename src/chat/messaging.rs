@@ -2,7 +2,7 @@
 //!
 //! A `send` is checked and given its `msg_id` on the loop, encoded once as the `message` event
 //! its recipients will get, and joins the batch. Only once the batch is committed is it
-//! acknowledged and delivered ([`Service::acknowledged`]). A retry with a `client_id` the sender
+//! acknowledged and delivered (`Service::acknowledged`). A retry with a `client_id` the sender
 //! used before is recognised by the store's unique index at commit time and answered with the
 //! first copy's `msg_id`, delivering nothing.
 

@@ -2,7 +2,7 @@
 //!
 //! A user is online while at least one of its connections is authenticated. Arrivals and
 //! departures are collected during an iteration and announced together at its end
-//! ([`Service::flush_presence`]), so a crowd coming or going costs one shared buffer per group
+//! (`Service::flush_presence`), so a crowd coming or going costs one shared buffer per group
 //! rather than an event per pair of users.
 
 use std::collections::HashSet;

@@ -10,8 +10,8 @@
 //!
 //! Every change of phase goes through [`Conn::advance`], which takes the phase by value and a
 //! [`Step`] and decides the next phase in one `match`: this file. The rest reads bytes and turns
-//! them into steps and messages ([`read`]), writes queued output ([`write`]) and keeps the
-//! deadlines ([`deadline`]); none of it looks at another connection. Messages for the
+//! them into steps and messages (`read`), writes queued output (`write`) and keeps the
+//! deadlines (`deadline`); none of it looks at another connection. Messages for the
 //! application go out through an inbox the server owns.
 
 mod deadline;

@@ -9,15 +9,15 @@
 //! 3. accept new connections;
 //! 4. read, parse and dispatch on every connection that is ready: each returns its messages
 //!    through an inbox, routed to the echo, the broadcast or the chat service;
-//! 5. [`Server::before_sleep`], the end of the iteration, in this order: run expired deadlines,
+//! 5. `Server::before_sleep`, the end of the iteration, in this order: run expired deadlines,
 //!    let the connections that left the open phase leave the service, let the service end its
 //!    iteration (presence announced, the batch handed to the store writer), apply the service's
 //!    effects (replies and deliveries, each broadcast encoded once and shared), flush what the
 //!    sockets take, reap finished connections and reschedule deadlines.
 //!
 //! Only this thread touches sockets. Nothing holds a reference to another connection: the loop
-//! owns them all and hands each one a [`Cx`] with the configuration, the counters and the time.
-//! HTTP routes and downloads are in [`routes`].
+//! owns them all and hands each one a `Cx` with the configuration, the counters and the time.
+//! HTTP routes and downloads are in `routes`.
 
 mod dispatch;
 mod end;

@@ -2,10 +2,10 @@
 //! file.
 //!
 //! The rest of the server sees only this narrow interface of records and errors, in two halves:
-//! reads, which the loop makes itself ([`read`], [`messages`]: index lookups whose cost is
+//! reads, which the loop makes itself (`read`, `messages`: index lookups whose cost is
 //! bounded by the page asked for), and writes, which it never makes itself: every change is a
 //! [`Write`] value gathered into a [`Batch`] and committed by the [`Writer`] thread on its own
-//! connection ([`write`], [`writer`]). A server-grade backend for several nodes would implement
+//! connection (`write`, `writer`). A server-grade backend for several nodes would implement
 //! the same two halves. Every query binds its parameters; statements are cached by rusqlite.
 
 mod messages;
