@@ -4,7 +4,7 @@
 //!
 //! 1. [`protocol`]: the wire schema; [`names`]: what names and passwords may be.
 //! 2. [`permissions`]: the rules table; [`auth`]: session tokens and JWTs; [`ratelimit`].
-//! 3. [`service`]: the [`Service`] type, its inputs (messages, the time, the workers' results)
+//! 3. [`service`]: the [`Service`] type ([`client`]: its state per connection), its inputs (messages, the time, the workers' results)
 //!    and its one output, [`Effect`]s; the command table and the [`Outcome`] of every handler.
 //! 4. [`held`]: replies in request order, and closing after the replies owed.
 //! 5. The handlers by job: [`accounts`], [`presence`], [`groups`], [`messaging`], [`files`].
@@ -16,6 +16,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod batch;
+pub mod client;
 pub mod directory;
 pub mod files;
 pub mod groups;

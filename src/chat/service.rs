@@ -14,21 +14,22 @@
 //! [`batch`](super::batch) (the writes of an iteration and their completion), [`files`](super::files),
 //! [`metrics`](super::metrics).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use serde_json::{json, Value};
 
 use super::batch::{Batch, Then};
-use super::hasher::{Cost, Work};
+pub use super::client::{Client, Identity, Owed, Settings};
+use super::hasher::Work;
 use super::held::Inbound;
 use super::metrics::{ChatMetrics, FileMetrics};
 use super::protocol::{self, Command, ErrorCode, Failure};
 use super::ratelimit::Bucket;
-use super::upload::{self, Upload};
+use super::upload;
 use crate::metrics::CloseReason;
 use crate::store::{GroupId, Store, StoreError, User, UserId, Write};
 use crate::ws::{frame, CloseCode, Opcode};
@@ -124,101 +125,6 @@ pub enum Waiting {
         /// Recovery asked for.
         since: Option<i64>,
     },
-}
-
-/// The service's settings, taken from the configuration.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Whether `register` is allowed.
-    pub registration_open: bool,
-    /// Server admins by name.
-    pub admins: HashSet<String>,
-    /// Secret for HS256 JWTs; `None` disables them.
-    pub jwt_secret: Option<Vec<u8>>,
-    /// Lifetime of session tokens.
-    pub session_ttl: Duration,
-    /// Commands per second per connection, sustained.
-    pub command_rate: f64,
-    /// Commands per connection in a burst.
-    pub command_burst: f64,
-    /// Refused commands in a row after which the connection is closed with 1008.
-    pub rate_strikes: u32,
-    /// `register`/`login` per second per remote address, sustained.
-    pub login_rate: f64,
-    /// `register`/`login` per remote address in a burst.
-    pub login_burst: f64,
-    /// Argon2id cost.
-    pub argon2: Cost,
-    /// Longest text, in Unicode scalar values.
-    pub max_text_chars: usize,
-    /// Most messages one recovery replays.
-    pub recovery_limit: usize,
-    /// `typing` per second per connection, sustained.
-    pub typing_rate: f64,
-    /// `typing` per connection in a burst.
-    pub typing_burst: f64,
-    /// Where uploaded files are stored.
-    pub files_dir: std::path::PathBuf,
-    /// Largest file, in bytes.
-    pub max_file_size: u64,
-}
-
-/// Who a connection is logged in as.
-#[derive(Debug)]
-pub struct Identity {
-    /// The user's id.
-    pub id: UserId,
-    /// The user's name.
-    pub name: String,
-    /// The session token's hash, when authenticated by a session (not a JWT); `logout`
-    /// revokes it.
-    pub token_hash: Option<[u8; 32]>,
-}
-
-/// The replies a connection is still owed (see [`super::held`]).
-#[derive(Debug, Default)]
-pub struct Owed {
-    /// The ticket of its password job, while one is out.
-    pub password: Option<u64>,
-    /// Its entries in the batches gathering or being committed.
-    pub entries: u32,
-    /// Of those, the ones later requests may not overtake: writes other than messages, whose
-    /// effects the next request may read.
-    pub barriers: u32,
-}
-
-impl Owed {
-    /// Whether nothing is owed.
-    pub fn is_clear(&self) -> bool {
-        self.password.is_none() && self.entries == 0
-    }
-}
-
-/// The service's state for one `/ws` connection.
-#[derive(Debug)]
-pub struct Client {
-    /// Tells this client from earlier ones of the same slab key.
-    pub serial: u64,
-    /// The peer's address, for per-address login limits.
-    pub ip: IpAddr,
-    /// Who it is logged in as.
-    pub identity: Option<Rc<Identity>>,
-    /// Command rate.
-    pub bucket: Bucket,
-    /// Refused commands in a row.
-    pub strikes: u32,
-    /// `typing` rate.
-    pub typing: Bucket,
-    /// What it is still owed.
-    pub owed: Owed,
-    /// Requests that arrived while an earlier reply is owed, in order.
-    pub held: VecDeque<Inbound>,
-    /// Upload bytes among them.
-    pub held_bytes: usize,
-    /// The connection ends once what it is owed is out.
-    pub finishing: bool,
-    /// The upload in progress.
-    pub upload: Option<(Upload, super::files::Destination)>,
 }
 
 /// The chat service.
