@@ -162,9 +162,14 @@ impl Service {
         self.push(Effect::Commit(store::Batch { writes }));
     }
 
+    /// Whether writes are gathering or being committed.
+    pub fn has_writes(&self) -> bool {
+        self.batch.in_flight.is_some() || !self.batch.entries.is_empty()
+    }
+
     /// The writer is done with the batch: its entries complete in order (a failed commit
-    /// answers each with `unavailable`), then the requests their connections held run, and the
-    /// next batch goes out.
+    /// answers each with `unavailable`), then the requests their connections held run. The
+    /// next batch goes out at the end of the iteration.
     pub fn committed(&mut self, done: Committed, now: Now) {
         let Some(entries) = self.batch.in_flight.take() else {
             warn!("a commit came back with no batch out");

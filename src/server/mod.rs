@@ -194,8 +194,24 @@ impl Server {
         if left > 0 {
             info!("drain timeout: dropping {left} connections");
         }
+        self.settle_writes();
         info!("shutdown complete");
         Ok(())
+    }
+
+    /// Commits what is still gathering or out before the process exits, so that nothing the
+    /// loop accepted is dropped unstored; replies go to whichever connections are left.
+    fn settle_writes(&mut self) {
+        while self.chat.has_writes() {
+            let now = Now::read();
+            self.chat.end_iteration(now);
+            self.apply_effects(now);
+            let Some(committed) = self.writer.wait() else {
+                break;
+            };
+            self.chat.committed(committed, now);
+            self.apply_effects(now);
+        }
     }
 
     /// How long the poll may sleep: not at all while work was carried over (unread input,

@@ -107,6 +107,21 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Waits for the batch out, if any (at exit only: the loop never blocks on the writer
+    /// while it serves).
+    pub fn wait(&mut self) -> Option<Committed> {
+        if !self.in_flight {
+            return None;
+        }
+        self.in_flight = false;
+        Some(self.done.recv().unwrap_or_else(|_| Committed {
+            results: Err(StoreError::Unavailable("the store writer stopped".into())),
+            took: Duration::ZERO,
+        }))
+    }
+}
+
 impl Drop for Writer {
     /// Lets the batch in flight finish before the process goes on to exit.
     fn drop(&mut self) {
