@@ -357,11 +357,13 @@ impl Service {
     }
 
     /// Makes a connection authenticated as `identity`.
+    /// A connection that closed while its login was committed stays gone: nobody comes online.
     pub(super) fn set_identity(&mut self, conn: ConnId, identity: Identity) {
         let identity = Rc::new(identity);
-        if let Some(c) = self.clients.get_mut(&conn) {
-            c.identity = Some(Rc::clone(&identity));
-        }
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        c.identity = Some(Rc::clone(&identity));
         self.set_online(conn, &identity);
         self.push(Effect::Authenticated(conn, true));
     }

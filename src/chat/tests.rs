@@ -609,3 +609,17 @@ fn replies_for_a_closed_connection_do_not_reach_the_next_one_in_its_slot() {
         "the message still went out"
     );
 }
+
+#[test]
+fn a_login_whose_connection_closed_before_its_commit_brings_nobody_online() {
+    let mut l = Loop::new(settings());
+    l.open(1);
+    let exp = START_MS / 1000 + 3600;
+    let token = super::auth::sign_jwt(&json!({"sub": "ghost", "exp": exp}), SECRET);
+    // A JWT user unknown here is created first: the connection is authenticated after the commit.
+    l.request(1, json!({"type": "auth", "token": token}));
+    l.end_iteration();
+    l.svc.close(1);
+    assert!(l.commit());
+    assert_eq!(l.svc.users_online(), 0);
+}
