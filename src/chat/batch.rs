@@ -168,15 +168,17 @@ impl Service {
     }
 
     /// The writer is done with the batch: its entries complete in order (a failed commit
-    /// answers each with `unavailable`), then the requests their connections held run. The
-    /// next batch goes out at the end of the iteration.
+    /// answers each with `unavailable`), then the requests their connections held run, and
+    /// what gathered meanwhile goes out at once, so the writer does not wait for the loop.
     pub fn committed(&mut self, done: Committed, now: Now) {
         let Some(entries) = self.batch.in_flight.take() else {
             warn!("a commit came back with no batch out");
             return;
         };
         let rows = entries.iter().filter(|e| e.writes).count();
-        self.record_commit(rows, done.took, done.results.is_ok());
+        if rows > 0 {
+            self.record_commit(rows, done.took, done.results.is_ok());
+        }
         let mut results = match done.results {
             Ok(results) => Ok(results.into_iter()),
             Err(e) => Err(e),
@@ -281,6 +283,10 @@ pub(super) fn plain_result(written: Result<Written, Failure>, conflict: &str) ->
         Written::Done(_) | Written::Duplicate { .. } => Ok(serde_json::json!({})),
         Written::Conflict => Err(Failure::new(ErrorCode::Conflict, conflict)),
         Written::Gone => Err(Failure::new(ErrorCode::NotFound, "the group was deleted")),
+        Written::Changed => Err(Failure::new(
+            ErrorCode::Conflict,
+            "the group changed meanwhile; nothing was done, try again",
+        )),
         Written::Failed(e) => {
             warn!("store: {e}");
             Err(unavailable())

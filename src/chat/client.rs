@@ -1,12 +1,12 @@
 //! The service's state for one connection, and its settings.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::hasher::Cost;
-use super::held::Inbound;
+use super::held::Held;
 use super::ratelimit::Bucket;
 use super::upload::Upload;
 use crate::store::UserId;
@@ -97,9 +97,7 @@ pub struct Client {
     /// What it is still owed.
     pub owed: Owed,
     /// Requests that arrived while an earlier reply is owed, in order.
-    pub held: VecDeque<Inbound>,
-    /// Upload bytes among them.
-    pub held_bytes: usize,
+    pub held: Held,
     /// The connection ends once what it is owed is out.
     pub finishing: bool,
     /// The upload in progress.

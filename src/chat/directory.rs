@@ -112,7 +112,8 @@ impl Service {
 
     /// A group deleted, or whose roles changed in ways simpler to read again.
     pub(super) fn forget_group(&mut self, group: &Group, deleted: bool) {
-        if deleted {
+        // The name may already stand for a new group.
+        if deleted && self.directory.groups.get(&group.name).map(|g| g.id) == Some(group.id) {
             self.directory.groups.remove(&group.name);
         }
         self.directory.roles.retain(|(g, _), _| *g != group.id);

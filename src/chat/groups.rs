@@ -116,10 +116,9 @@ impl Service {
         })();
         match checked {
             Ok(group) => membership(
-                Write::SetRole {
+                Write::Join {
                     group: group.id,
                     user: me.id,
-                    role: Role::Member,
                 },
                 Change {
                     group,
@@ -133,14 +132,18 @@ impl Service {
     }
 
     pub(super) fn group_leave(&mut self, me: &Identity, name: &str) -> Outcome {
-        let checked = self
-            .find_group(name)
-            .and_then(|group| allow(self.actor(me, &group)?, Action::Leave).map(|()| group));
+        let checked = (|| {
+            let group = self.find_group(name)?;
+            let actor = self.actor(me, &group)?;
+            allow(actor, Action::Leave)?;
+            Ok((group, actor.role.unwrap_or(Role::Member)))
+        })();
         match checked {
-            Ok(group) => membership(
+            Ok((group, role)) => membership(
                 Write::RemoveMember {
                     group: group.id,
                     user: me.id,
+                    role,
                     ban: false,
                 },
                 Change {
@@ -173,13 +176,14 @@ impl Service {
                     is_self: target.id == me.id,
                 },
             )?;
-            Ok((group, target))
+            Ok((group, target, role))
         })();
         match checked {
-            Ok((group, target)) => membership(
+            Ok((group, target, role)) => membership(
                 Write::RemoveMember {
                     group: group.id,
                     user: target.id,
+                    role,
                     ban,
                 },
                 Change {
@@ -312,7 +316,8 @@ impl Service {
             let write = Write::SetRole {
                 group: group.id,
                 user: target.id,
-                role: new,
+                from: current,
+                to: new,
             };
             return Ok(Outcome::AfterCommit(
                 write,

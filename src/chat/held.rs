@@ -11,6 +11,8 @@
 //! "Close after the replies owed" lives here too: a connection whose peer closed (or broke the
 //! protocol) ends only once everything it is owed is queued, with [`Effect::Finish`].
 
+use std::collections::VecDeque;
+
 use log::debug;
 use serde_json::Value;
 
@@ -25,6 +27,73 @@ pub const MAX_HELD: usize = 64;
 /// Upload bytes a connection may have waiting behind an earlier reply (a `file.upload` still
 /// waiting); more close the connection with 1008.
 pub const MAX_HELD_BYTES: usize = 16 << 20;
+
+/// Binary messages (upload pieces) a connection may have waiting, however small; more close the
+/// connection with 1008. Without it, empty messages would cost nothing against the byte bound.
+pub const MAX_HELD_PIECES: usize = 4096;
+
+/// A connection's held messages, in order, with running counts so that no check walks them.
+#[derive(Debug, Default)]
+pub struct Held {
+    queue: VecDeque<Inbound>,
+    requests: usize,
+    uploads: usize,
+    pieces: usize,
+    bytes: usize,
+}
+
+impl Held {
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Holds one more, or says which bound it would cross.
+    fn push(&mut self, inbound: Inbound) -> Result<(), String> {
+        let bytes = match &inbound {
+            Inbound::Bytes(b) => b.len(),
+            Inbound::Request(_) => 0,
+        };
+        if inbound.is_request() && self.requests >= MAX_HELD {
+            return Err(format!("{} requests waiting", self.requests));
+        }
+        if !inbound.is_request()
+            && (self.pieces >= MAX_HELD_PIECES || self.bytes + bytes > MAX_HELD_BYTES)
+        {
+            return Err(format!(
+                "{} pieces, {} bytes waiting",
+                self.pieces, self.bytes
+            ));
+        }
+        self.count(&inbound, 1);
+        self.queue.push_back(inbound);
+        Ok(())
+    }
+
+    fn front(&self) -> Option<&Inbound> {
+        self.queue.front()
+    }
+
+    fn pop(&mut self) -> Option<Inbound> {
+        let next = self.queue.pop_front()?;
+        self.count(&next, -1);
+        Some(next)
+    }
+
+    fn count(&mut self, inbound: &Inbound, sign: isize) {
+        let add = |n: &mut usize, by: usize| *n = n.wrapping_add_signed(sign * by as isize);
+        match inbound {
+            Inbound::Bytes(b) => {
+                add(&mut self.pieces, 1);
+                add(&mut self.bytes, b.len());
+            }
+            Inbound::Request(_) => {
+                add(&mut self.requests, 1);
+                add(&mut self.uploads, usize::from(inbound.starts_upload()));
+            }
+        }
+    }
+}
 
 /// A parsed request, or the refusal to send in its place (with the request's id).
 pub type Parsed = Result<Request, (Option<Value>, Failure)>;
@@ -73,7 +142,7 @@ impl Client {
     }
 
     fn uploading(&self) -> bool {
-        self.upload.is_some() || self.held.iter().any(Inbound::starts_upload)
+        self.upload.is_some() || self.held.uploads > 0
     }
 }
 
@@ -90,22 +159,12 @@ impl Service {
         if !client.must_wait(&inbound) {
             return self.handle(conn, inbound, now);
         }
-        let bytes = match &inbound {
-            Inbound::Bytes(b) => b.len(),
-            Inbound::Request(_) => 0,
-        };
-        let requests = client.held.len() - client.held.iter().filter(|h| !h.is_request()).count();
-        if requests >= MAX_HELD || client.held_bytes + bytes > MAX_HELD_BYTES {
+        if let Err(why) = client.held.push(inbound) {
             // Answering now would break the order of replies; a client this far ahead of its
             // replies is flooding.
-            debug!(
-                "conn {conn}: {requests} requests, {} bytes waiting, closing",
-                client.held_bytes
-            );
-            return self.refuse_connection(conn);
+            debug!("conn {conn}: {why}, closing");
+            self.refuse_connection(conn);
         }
-        client.held_bytes += bytes;
-        client.held.push_back(inbound);
     }
 
     /// Turns a message into a request, upload bytes, or a refusal that takes its place in
@@ -162,10 +221,7 @@ impl Service {
             if !runnable {
                 break;
             }
-            let next = client.held.pop_front().expect("checked above");
-            if let Inbound::Bytes(b) = &next {
-                client.held_bytes -= b.len();
-            }
+            let next = client.held.pop().expect("checked above");
             self.handle(conn, next, now);
         }
         self.finish_if_settled(conn);

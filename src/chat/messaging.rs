@@ -249,6 +249,10 @@ impl Service {
                     Failure::new(ErrorCode::NotFound, "the group was deleted"),
                 )
             }
+            Ok(Written::Changed) => {
+                let f = Failure::new(ErrorCode::Forbidden, "no longer a member of this group");
+                return self.refuse_message(conn, id, &m, f);
+            }
             Ok(Written::Failed(e)) => {
                 warn!("message {} not stored: {e}", m.msg_id);
                 let f = Failure::new(ErrorCode::Unavailable, "the file could not be stored");
@@ -265,6 +269,7 @@ impl Service {
             Err(f) => return self.refuse_message(conn, id, &m, f),
         };
         let (msg_id, ts) = first.unwrap_or((m.msg_id, m.ts));
+        self.delivered_through = self.delivered_through.max(m.msg_id);
         match &m.file_id {
             Some(file_id) => {
                 let done = protocol::event(
@@ -346,9 +351,12 @@ impl Service {
             Some(n) => n.min(100) as usize,
         };
         let before = before.unwrap_or(i64::MAX);
-        let (page, more) = self
-            .store
-            .history(me.id, conversation.target, before, limit)?;
+        let (page, more) = self.store.history(
+            me.id,
+            conversation.target,
+            before.min(self.delivered_through + 1),
+            limit,
+        )?;
         let messages: Vec<Value> = page
             .iter()
             .map(|m| serde_json::to_value(MessageEvent::of(m, None)).unwrap_or_default())
@@ -360,7 +368,10 @@ impl Service {
     /// (`complete: false` when the page was full and more remain).
     pub(super) fn replay(&mut self, conn: ConnId, user: UserId, since: i64) {
         let limit = self.settings.recovery_limit;
-        let (page, more) = match self.store.recover(user, since, limit) {
+        // Up to the last message delivered live: anything after it is committed but not yet
+        // delivered, and reaches this connection live, once.
+        let through = self.delivered_through;
+        let (page, more) = match self.store.recover(user, since, through, limit) {
             Ok(r) => r,
             Err(e) => return self.reply(conn, &None, Err(e.into())),
         };

@@ -14,7 +14,7 @@
 //! [`batch`](super::batch) (the writes of an iteration and their completion), [`files`](super::files),
 //! [`metrics`](super::metrics).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -144,6 +144,9 @@ pub struct Service {
     /// The next msg_id and group id to give; both only grow while the server runs.
     pub(super) next_msg_id: i64,
     pub(super) next_group_id: GroupId,
+    /// The highest msg_id whose commit came back and whose delivery was queued: replays and
+    /// history read no further, so a message never reaches a connection both ways.
+    pub(super) delivered_through: i64,
     /// The writes of this iteration, and the batch being committed.
     pub(super) batch: Batch,
     /// Members by group, cached for delivery and presence; changed in place as commits land.
@@ -207,6 +210,7 @@ impl Service {
             out: Vec::new(),
             next_msg_id,
             next_group_id,
+            delivered_through: next_msg_id - 1,
             batch: Batch::default(),
             members_cache: HashMap::new(),
             directory: Default::default(),
@@ -242,8 +246,7 @@ impl Service {
             typing: Bucket::new(self.settings.typing_burst, now.mono),
             strikes: 0,
             owed: Owed::default(),
-            held: VecDeque::new(),
-            held_bytes: 0,
+            held: Default::default(),
             finishing: false,
             upload: None,
         };

@@ -51,6 +51,7 @@ struct Loop {
     /// Password jobs not yet answered.
     hashes: Vec<(u64, Work)>,
     finished: Vec<ConnId>,
+    closed: Vec<ConnId>,
     next_id: u64,
 }
 
@@ -67,6 +68,7 @@ impl Loop {
             commits: Vec::new(),
             hashes: Vec::new(),
             finished: Vec::new(),
+            closed: Vec::new(),
             next_id: 1,
         }
     }
@@ -107,7 +109,8 @@ impl Loop {
                 Effect::Commit(batch) => self.commits.push(batch),
                 Effect::Hash(t, w) => self.hashes.push((t, w)),
                 Effect::Finish(c) => self.finished.push(c),
-                Effect::Close(..) | Effect::Authenticated(..) => {}
+                Effect::Close(c, ..) => self.closed.push(c),
+                Effect::Authenticated(..) => {}
             }
         }
     }
@@ -622,4 +625,171 @@ fn a_login_whose_connection_closed_before_its_commit_brings_nobody_online() {
     l.svc.close(1);
     assert!(l.commit());
     assert_eq!(l.svc.users_online(), 0);
+}
+
+fn members(l: &Loop, group: &str) -> Vec<(String, crate::store::Role)> {
+    let gid = l.svc.store.group(group).unwrap().unwrap().id;
+    l.svc.store.members(gid).unwrap()
+}
+
+/// Two requests checked against the same state in one iteration, from two connections: the
+/// second one's write finds the state changed and does nothing.
+#[test]
+fn group_changes_racing_each_other_never_leave_a_group_without_one_owner() {
+    use crate::store::Role;
+    let mut l = Loop::new(settings());
+    l.user(1, "olga");
+    l.user(2, "anna");
+    l.user(3, "bob");
+    l.user(4, "olga");
+    l.ok(1, json!({"type": "group.create", "group": "g"}));
+    l.ok(2, json!({"type": "group.join", "group": "g"}));
+    l.ok(3, json!({"type": "group.join", "group": "g"}));
+    // anna leaves while olga hands her the group.
+    let leave = l.request(2, json!({"type": "group.leave", "group": "g"}));
+    let hand = l.request(
+        1,
+        json!({"type": "group.role", "group": "g", "user": "anna", "role": "owner"}),
+    );
+    l.settle();
+    let replies: Vec<Value> = l.take(2).into_iter().chain(l.take(1)).collect();
+    let code = |id: u64| replies.iter().find(|r| r["re"] == id).unwrap()["code"].clone();
+    assert_eq!((code(leave), code(hand)), (Value::Null, json!("conflict")));
+    let owners = |l: &Loop| -> Vec<String> {
+        members(l, "g")
+            .into_iter()
+            .filter(|(_, r)| *r == Role::Owner)
+            .map(|(n, _)| n)
+            .collect()
+    };
+    assert_eq!(owners(&l), ["olga"]);
+    // olga's two connections hand it over to two people at once: one wins.
+    l.request(
+        1,
+        json!({"type": "group.role", "group": "g", "user": "bob", "role": "owner"}),
+    );
+    l.request(4, json!({"type": "group.join", "group": "g"}));
+    l.ok(2, json!({"type": "group.join", "group": "g"}));
+    l.request(
+        4,
+        json!({"type": "group.role", "group": "g", "user": "anna", "role": "owner"}),
+    );
+    l.settle();
+    assert_eq!(owners(&l).len(), 1, "{:?}", members(&l, "g"));
+}
+
+#[test]
+fn a_role_change_racing_a_leave_does_not_bring_the_member_back() {
+    let mut l = Loop::new(settings());
+    l.user(1, "olga");
+    l.user(2, "anna");
+    l.ok(1, json!({"type": "group.create", "group": "g"}));
+    l.ok(2, json!({"type": "group.join", "group": "g"}));
+    l.request(2, json!({"type": "group.leave", "group": "g"}));
+    let promote = l.request(
+        1,
+        json!({"type": "group.role", "group": "g", "user": "anna", "role": "admin"}),
+    );
+    l.settle();
+    let reply = l.take(1).into_iter().find(|r| r["re"] == promote).unwrap();
+    assert_eq!(reply["code"], "conflict");
+    assert!(members(&l, "g").iter().all(|(n, _)| n != "anna"));
+}
+
+#[test]
+fn a_send_checked_before_a_kick_and_stored_after_it_is_refused() {
+    let mut l = Loop::new(settings());
+    l.user(1, "olga");
+    l.user(2, "anna");
+    l.ok(1, json!({"type": "group.create", "group": "g"}));
+    l.ok(2, json!({"type": "group.join", "group": "g"}));
+    l.request(
+        1,
+        json!({"type": "group.kick", "group": "g", "user": "anna"}),
+    );
+    l.end_iteration();
+    let send = l.request(2, json!({"type": "send", "to": "#g", "text": "one more"}));
+    l.settle();
+    let reply = l.take(2).into_iter().find(|r| r["re"] == send).unwrap();
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    assert!(l.events(1, "message").is_empty());
+}
+
+#[test]
+fn a_second_delete_of_a_deleted_group_touches_the_new_one_of_that_name_not() {
+    let mut l = Loop::new(settings());
+    l.user(1, "olga");
+    l.user(2, "bob");
+    l.user(3, "olga");
+    l.ok(1, json!({"type": "group.create", "group": "g"}));
+    l.ok(2, json!({"type": "group.join", "group": "g"}));
+    l.request(1, json!({"type": "group.delete", "group": "g"}));
+    l.end_iteration();
+    l.request(2, json!({"type": "group.create", "group": "g"}));
+    let again = l.request(3, json!({"type": "group.delete", "group": "g"}));
+    l.settle();
+    assert!(l.svc.store.group("g").unwrap().is_some());
+    assert_eq!(l.events(2, "group.deleted").len(), 1);
+    let reply = l.take(3).into_iter().find(|r| r["re"] == again).unwrap();
+    assert_eq!(reply["code"], "not_found");
+    l.ok(2, json!({"type": "send", "to": "#g", "text": "still mine"}));
+}
+
+/// A message committed but not yet delivered must reach a connection once: live, not also in
+/// a replay.
+#[test]
+fn a_replay_never_repeats_what_is_delivered_live() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.open(9);
+    l.request(
+        9,
+        json!({"type": "register", "user": "carol", "password": "long enough"}),
+    );
+    l.settle();
+    // The login's session and alice's message in one batch.
+    l.open(3);
+    l.request(
+        3,
+        json!({"type": "login", "user": "carol", "password": "long enough", "since": 0}),
+    );
+    l.end_iteration();
+    l.answer_passwords();
+    l.request(1, json!({"type": "send", "to": "@carol", "text": "hi"}));
+    l.settle();
+    assert_eq!(l.events(3, "message").len(), 1);
+    // A sync while a committed batch is not yet collected.
+    l.user(2, "bob");
+    l.request(1, json!({"type": "send", "to": "@bob", "text": "hello"}));
+    l.end_iteration();
+    let batch = l.commits.pop().unwrap();
+    let results = l.svc.store.apply(batch).map(|(w, _)| w);
+    l.request(2, json!({"type": "sync", "since": 0}));
+    l.svc.committed(
+        Committed {
+            results,
+            took: Duration::ZERO,
+        },
+        l.now,
+    );
+    l.take_effects();
+    let got: Vec<Value> = l.events(2, "message");
+    assert_eq!(got.len(), 1, "{got:?}");
+}
+
+#[test]
+fn empty_binary_messages_held_behind_an_upload_are_bounded() {
+    let mut l = Loop::new(settings());
+    l.user(1, "alice");
+    l.user(2, "bob");
+    l.request(1, json!({"type": "send", "to": "@bob", "text": "pending"}));
+    l.request(
+        1,
+        json!({"type": "file.upload", "to": "@bob", "name": "f", "size": 1}),
+    );
+    for _ in 0..super::held::MAX_HELD_PIECES + 1 {
+        l.svc.message(1, Opcode::Binary, Vec::new(), l.now);
+    }
+    l.take_effects();
+    assert_eq!(l.closed, [1], "closed with 1008 past the bound");
 }

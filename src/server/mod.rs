@@ -211,6 +211,7 @@ impl Server {
             };
             self.chat.committed(committed, now);
             self.apply_effects(now);
+            self.flush_and_reap(now.mono);
         }
     }
 

@@ -39,13 +39,15 @@ fn message_row(r: &rusqlite::Row) -> rusqlite::Result<StoredMessage> {
 }
 
 impl Store {
-    /// The highest msg_id stored (0 when none).
+    /// The highest msg_id given so far (0 when none): the newest message stored, or the floor
+    /// a group deletion left when the newest messages went with the group.
     pub fn last_message_id(&self) -> Result<i64> {
-        Ok(self
-            .db
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| {
-                r.get(0)
-            })?)
+        Ok(self.db.query_row(
+            "SELECT max(COALESCE((SELECT MAX(id) FROM messages), 0),
+                        COALESCE((SELECT value FROM meta WHERE key = 'msg_id_floor'), 0))",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// The latest `limit` messages of a conversation with msg_id below `before`, ascending, and
@@ -78,7 +80,7 @@ impl Store {
         Ok((page, more))
     }
 
-    /// The oldest `limit` messages after `since` in all of a user's conversations (direct
+    /// The oldest `limit` messages after `since` and up to `through` in all of a user's conversations (direct
     /// messages, and groups the user is a member of now), in msg_id order, and whether more
     /// remain. Each conversation is read through its index for at most `limit + 1` rows, so the
     /// cost follows the page and the number of conversations, not the table.
@@ -86,13 +88,14 @@ impl Store {
         &self,
         user: UserId,
         since: i64,
+        through: i64,
         limit: usize,
     ) -> Result<(Vec<StoredMessage>, bool)> {
         let want = limit as i64 + 1;
         let mut ids: Vec<i64> = Vec::new();
         {
             let mut per_group = self.db.prepare_cached(
-                "SELECT id FROM messages WHERE group_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                "SELECT id FROM messages WHERE group_id = ?1 AND id > ?2 AND id <= ?4 ORDER BY id LIMIT ?3",
             )?;
             let mut groups = self
                 .db
@@ -101,7 +104,7 @@ impl Store {
                 .query_map(params![user], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for g in group_ids {
-                for id in per_group.query_map(params![g, since, want], |r| r.get(0))? {
+                for id in per_group.query_map(params![g, since, want, through], |r| r.get(0))? {
                     ids.push(id?);
                 }
             }
@@ -113,11 +116,13 @@ impl Store {
                 .query_map(params![user], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             let mut per_pair = self.db.prepare_cached(
-                "SELECT id FROM messages WHERE pair = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                "SELECT id FROM messages WHERE pair = ?1 AND id > ?2 AND id <= ?4 ORDER BY id LIMIT ?3",
             )?;
             for peer in peer_ids {
-                for id in
-                    per_pair.query_map(params![pair(user, peer), since, want], |r| r.get(0))?
+                for id in per_pair
+                    .query_map(params![pair(user, peer), since, want, through], |r| {
+                        r.get(0)
+                    })?
                 {
                     ids.push(id?);
                 }

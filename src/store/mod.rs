@@ -413,21 +413,35 @@ mod tests {
         let a = user(&mut s, "a");
         let b = user(&mut s, "b");
         let g = 7;
-        commit(
+        let written = commit(
             &mut s,
             vec![
                 group(g, "g", true, a),
-                Write::SetRole {
+                Write::Join { group: g, user: b },
+                Write::RemoveMember {
                     group: g,
                     user: b,
-                    role: Role::Member,
+                    role: Role::Admin,
+                    ban: true,
                 },
                 Write::RemoveMember {
                     group: g,
                     user: b,
+                    role: Role::Member,
                     ban: true,
                 },
             ],
+        );
+        // Removing an admin who is a member changes nothing: the request was checked against
+        // another role.
+        assert_eq!(
+            written,
+            vec![
+                Written::Done(0),
+                Written::Done(0),
+                Written::Changed,
+                Written::Done(0)
+            ]
         );
         assert!(s.is_banned(g, b).unwrap());
         commit(&mut s, vec![Write::Invite { group: g, user: b }]);
@@ -436,11 +450,7 @@ mod tests {
         commit(
             &mut s,
             vec![
-                Write::SetRole {
-                    group: g,
-                    user: b,
-                    role: Role::Member,
-                },
+                Write::Join { group: g, user: b },
                 Write::TransferOwnership {
                     group: g,
                     from: a,
@@ -450,6 +460,17 @@ mod tests {
         );
         assert!(!s.is_invited(g, b).unwrap());
         assert_eq!(s.role(g, a).unwrap(), Some(Role::Admin));
+        assert_eq!(s.role(g, b).unwrap(), Some(Role::Owner));
+        // A second hand-over by the old owner finds it is no longer the owner.
+        let again = commit(
+            &mut s,
+            vec![Write::TransferOwnership {
+                group: g,
+                from: a,
+                to: a,
+            }],
+        );
+        assert_eq!(again, vec![Written::Changed]);
         assert_eq!(s.role(g, b).unwrap(), Some(Role::Owner));
         let list = s.list_groups(a).unwrap();
         assert_eq!(list.len(), 1);
@@ -471,14 +492,17 @@ mod tests {
             (page.len(), page[0].to.as_str(), page[0].from.as_str()),
             (1, "@b", "a")
         );
-        let (page, more) = s.recover(b, 0, 2).unwrap();
+        let (page, more) = s.recover(b, 0, i64::MAX, 2).unwrap();
         assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
         assert!(more);
         assert_eq!(s.group_ids_of(a).unwrap(), vec![g]);
+        assert_eq!(s.last_message_id().unwrap(), 3);
         commit(&mut s, vec![Write::DeleteGroup { group: g }]);
         assert!(s.group("g").unwrap().is_none());
+        // msg_id 3 went with the group; it is not given again.
+        assert_eq!(s.last_message_id().unwrap(), 3);
         // the group's history went with it; the direct message stays
-        assert_eq!(s.recover(a, 0, 10).unwrap().0.len(), 1);
+        assert_eq!(s.recover(a, 0, i64::MAX, 10).unwrap().0.len(), 1);
         assert!(s.groups_of(a).unwrap().is_empty());
     }
 
@@ -520,11 +544,7 @@ mod tests {
                 msg(1, a, Target::Group(1), None),
                 Write::DeleteGroup { group: 1 },
                 msg(2, a, Target::Group(1), None),
-                Write::SetRole {
-                    group: 1,
-                    user: b,
-                    role: Role::Member,
-                },
+                Write::Join { group: 1, user: b },
                 msg(3, a, Target::Direct(b), None),
             ],
         );
@@ -539,7 +559,7 @@ mod tests {
                 Written::Done(0)
             ]
         );
-        let (page, _) = s.recover(b, 0, 10).unwrap();
+        let (page, _) = s.recover(b, 0, i64::MAX, 10).unwrap();
         assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![3]);
     }
 
@@ -562,7 +582,7 @@ mod tests {
             pairs: Default::default(),
         };
         let ids = |user| -> Vec<i64> {
-            s.recover(user, 0, 10)
+            s.recover(user, 0, i64::MAX, 10)
                 .unwrap()
                 .0
                 .iter()

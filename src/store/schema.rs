@@ -73,7 +73,8 @@ pub const MIGRATIONS: &[&str] = &[
         sha256      TEXT NOT NULL
     );
     CREATE INDEX files_by_message ON files(msg_id);",
-    // 4: fewer indexes to keep up per direct message. Recovery reads direct conversations by
+    // 4: fewer indexes to keep up per direct message, and a floor for msg_ids that outlives the
+    // messages (deleting a group must not let its msg_ids be given again after a restart). Recovery reads direct conversations by
     // `pair`, one per peer listed in `direct_pairs` (written once per pair, not per message),
     // instead of by recipient and by sender: two indexes less on every direct message.
     "CREATE TABLE direct_pairs (
@@ -85,7 +86,11 @@ pub const MIGRATIONS: &[&str] = &[
         SELECT sender, recipient FROM messages WHERE recipient IS NOT NULL
         UNION SELECT recipient, sender FROM messages WHERE recipient IS NOT NULL;
     DROP INDEX messages_by_recipient;
-    DROP INDEX messages_direct_by_sender;",
+    DROP INDEX messages_direct_by_sender;
+    CREATE TABLE meta (
+        key         TEXT PRIMARY KEY,  -- 'msg_id_floor': no msg_id at or below it is given again
+        value       INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// Brings the database up to the latest version, one transaction per step.

@@ -95,31 +95,45 @@ pub enum Write {
         /// Server time, ms since the epoch.
         created_ms: i64,
     },
-    /// Add a member (clearing any invitation) or change a member's role; [`Written::Gone`] if
-    /// the group was deleted meanwhile.
+    /// Add a member, clearing any invitation: [`Written::Conflict`] if already one,
+    /// [`Written::Gone`] if the group was deleted meanwhile.
+    Join {
+        /// The group.
+        group: GroupId,
+        /// The new member.
+        user: UserId,
+    },
+    /// Change a member's role from `from` to `to`; [`Written::Changed`] if the role is no
+    /// longer `from` (changed, or the member gone, since the request was checked).
     SetRole {
         /// The group.
         group: GroupId,
         /// The member.
         user: UserId,
-        /// The role.
-        role: Role,
+        /// The role the request was checked against.
+        from: Role,
+        /// The new role.
+        to: Role,
     },
-    /// Make `to` the owner and the old owner `from` an admin.
+    /// Make member `to` the owner and the owner `from` an admin; [`Written::Changed`] if `from`
+    /// is no longer the owner or `to` no longer a member.
     TransferOwnership {
         /// The group.
         group: GroupId,
-        /// The old owner.
+        /// The owner.
         from: UserId,
         /// The new owner.
         to: UserId,
     },
-    /// Remove a member; with `ban`, also bar them from joining again.
+    /// Remove a member whose role is still `role`; with `ban`, also bar them from joining
+    /// again. [`Written::Changed`] if the member left or changed role meanwhile.
     RemoveMember {
         /// The group.
         group: GroupId,
         /// The member.
         user: UserId,
+        /// The role the request was checked against.
+        role: Role,
         /// Also ban.
         ban: bool,
     },
@@ -130,7 +144,8 @@ pub enum Write {
         /// Who.
         user: UserId,
     },
-    /// Delete a group with its memberships, bans, invitations, history and files.
+    /// Delete a group with its memberships, bans, invitations, history and files;
+    /// [`Written::Gone`] if it is gone already.
     DeleteGroup {
         /// The group.
         group: GroupId,
@@ -153,6 +168,9 @@ pub enum Written {
     Conflict,
     /// What it refers to no longer exists (a group deleted meanwhile).
     Gone,
+    /// What the request was checked against changed before the write (a member left or changed
+    /// role, the sender of a group message is no longer a member): nothing was written.
+    Changed,
     /// This write alone could not be stored (its file could not be synced).
     Failed(String),
 }
@@ -243,8 +261,8 @@ fn one(
     let outcome = match write {
         Write::Message { message, .. } => {
             let written = insert_message(tx, &message, pairs)?;
-            // A file posted to a group deleted meanwhile has no message to own it.
-            if let (Written::Gone, Some(f)) = (&written, &message.file) {
+            // A file whose message was not stored has nothing to own it.
+            if let (Written::Gone | Written::Changed, Some(f)) = (&written, &message.file) {
                 orphans.push(f.id.clone());
             }
             return Ok(written);
@@ -280,15 +298,22 @@ fn one(
         } => in_savepoint(tx, |tx| {
             create_group(tx, id, &name, private, owner, created_ms)
         }),
-        Write::SetRole { group, user, role } => {
-            in_savepoint(tx, |tx| set_role(tx, group, user, role))
-        }
+        Write::Join { group, user } => in_savepoint(tx, |tx| join(tx, group, user)),
+        Write::SetRole {
+            group,
+            user,
+            from,
+            to,
+        } => in_savepoint(tx, |tx| set_role(tx, group, user, from, to)),
         Write::TransferOwnership { group, from, to } => {
             in_savepoint(tx, |tx| transfer_ownership(tx, group, from, to))
         }
-        Write::RemoveMember { group, user, ban } => {
-            in_savepoint(tx, |tx| remove_member(tx, group, user, ban))
-        }
+        Write::RemoveMember {
+            group,
+            user,
+            role,
+            ban,
+        } => in_savepoint(tx, |tx| remove_member(tx, group, user, role, ban)),
         Write::Invite { group, user } => in_savepoint(tx, |tx| invite(tx, group, user)),
         Write::DeleteGroup { group } => delete_group(tx, group, orphans),
     };
@@ -302,25 +327,46 @@ fn create_group(
     private: bool,
     owner: UserId,
     created_ms: i64,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Written> {
     tx.prepare_cached(
         "INSERT INTO groups (id, name, private, created_ms) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![id, name, private, created_ms])?;
     tx.prepare_cached("INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, 'owner')")?
         .execute(params![id, owner])?;
-    Ok(())
+    Ok(Written::Done(0))
 }
 
-fn set_role(tx: &Transaction, group: GroupId, user: UserId, role: Role) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, ?3)
-         ON CONFLICT (group_id, user_id) DO UPDATE SET role = excluded.role",
-    )?
-    .execute(params![group, user, role.as_str()])?;
+fn join(tx: &Transaction, group: GroupId, user: UserId) -> rusqlite::Result<Written> {
+    tx.prepare_cached("INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, 'member')")?
+        .execute(params![group, user])?;
     tx.prepare_cached("DELETE FROM invites WHERE group_id = ?1 AND user_id = ?2")?
         .execute(params![group, user])?;
-    Ok(())
+    Ok(Written::Done(0))
+}
+
+/// `Done` when exactly one row changed, else `Changed`.
+fn one_row(changed: usize) -> Written {
+    if changed == 1 {
+        Written::Done(0)
+    } else {
+        Written::Changed
+    }
+}
+
+fn set_role(
+    tx: &Transaction,
+    group: GroupId,
+    user: UserId,
+    from: Role,
+    to: Role,
+) -> rusqlite::Result<Written> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE members SET role = ?4 WHERE group_id = ?1 AND user_id = ?2 AND role = ?3",
+        )?
+        .execute(params![group, user, from.as_str(), to.as_str()])?;
+    Ok(one_row(changed))
 }
 
 fn transfer_ownership(
@@ -328,35 +374,48 @@ fn transfer_ownership(
     group: GroupId,
     from: UserId,
     to: UserId,
-) -> rusqlite::Result<()> {
-    let mut stmt =
-        tx.prepare_cached("UPDATE members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2")?;
-    stmt.execute(params![group, from, Role::Admin.as_str()])?;
-    stmt.execute(params![group, to, Role::Owner.as_str()])?;
-    Ok(())
+) -> rusqlite::Result<Written> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE members SET role = ?4 WHERE group_id = ?1 AND user_id = ?2 AND role = ?3",
+    )?;
+    let owner = Role::Owner.as_str();
+    if stmt.execute(params![group, from, owner, Role::Admin.as_str()])? != 1 {
+        return Ok(Written::Changed);
+    }
+    let changed = tx
+        .prepare_cached(
+            "UPDATE members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2 AND role <> ?3",
+        )?
+        .execute(params![group, to, owner])?;
+    Ok(one_row(changed))
 }
 
 fn remove_member(
     tx: &Transaction,
     group: GroupId,
     user: UserId,
+    role: Role,
     ban: bool,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND user_id = ?2")?
-        .execute(params![group, user])?;
+) -> rusqlite::Result<Written> {
+    let changed = tx
+        .prepare_cached("DELETE FROM members WHERE group_id = ?1 AND user_id = ?2 AND role = ?3")?
+        .execute(params![group, user, role.as_str()])?;
+    if changed != 1 {
+        return Ok(Written::Changed);
+    }
     if ban {
         tx.prepare_cached("INSERT OR IGNORE INTO bans (group_id, user_id) VALUES (?1, ?2)")?
             .execute(params![group, user])?;
     }
-    Ok(())
+    Ok(Written::Done(0))
 }
 
-fn invite(tx: &Transaction, group: GroupId, user: UserId) -> rusqlite::Result<()> {
+fn invite(tx: &Transaction, group: GroupId, user: UserId) -> rusqlite::Result<Written> {
     tx.prepare_cached("DELETE FROM bans WHERE group_id = ?1 AND user_id = ?2")?
         .execute(params![group, user])?;
     tx.prepare_cached("INSERT OR IGNORE INTO invites (group_id, user_id) VALUES (?1, ?2)")?
         .execute(params![group, user])?;
-    Ok(())
+    Ok(Written::Done(0))
 }
 
 /// Deletes a group; its history and memberships go with it (`ON DELETE CASCADE`), its files'
@@ -372,26 +431,37 @@ fn delete_group(
         )?
         .query_map(params![group], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    tx.prepare_cached("DELETE FROM groups WHERE id = ?1")?
+    // The newest messages may go with the group: their msg_ids stay taken.
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) SELECT 'msg_id_floor', COALESCE(MAX(id), 0) FROM messages
+         WHERE true ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+    )?
+    .execute([])?;
+    let deleted = tx
+        .prepare_cached("DELETE FROM groups WHERE id = ?1")?
         .execute(params![group])?;
+    if deleted == 0 {
+        return Ok(Written::Gone);
+    }
     orphans.extend(files);
     Ok(Written::Done(0))
 }
 
-/// Runs several statements as one step that is undone as a whole when one of them fails.
+/// Runs several statements as one step that is undone as a whole when one of them fails, or
+/// when it finds that what it was to change changed meanwhile.
 fn in_savepoint(
     tx: &Transaction,
-    body: impl FnOnce(&Transaction) -> rusqlite::Result<()>,
+    body: impl FnOnce(&Transaction) -> rusqlite::Result<Written>,
 ) -> rusqlite::Result<Written> {
     tx.execute_batch("SAVEPOINT one")?;
     match body(tx) {
-        Ok(()) => {
+        Ok(written @ Written::Done(_)) => {
             tx.execute_batch("RELEASE one")?;
-            Ok(Written::Done(0))
+            Ok(written)
         }
-        Err(e) => {
+        other => {
             tx.execute_batch("ROLLBACK TO one; RELEASE one")?;
-            Err(e)
+            other
         }
     }
 }
@@ -468,6 +538,18 @@ fn insert_message(
         }
         Err((Some(Constraint::ForeignKey), _)) => return Ok(Written::Gone),
         Err((None, e)) => return Err(e.into()),
+    }
+    if let Some(g) = group {
+        // The sender was a member when the send was checked; a kick or a leave committed since
+        // takes the message back (a deletion does too, through the foreign key above).
+        let member = tx
+            .prepare_cached("SELECT 1 FROM members WHERE group_id = ?1 AND user_id = ?2")?
+            .exists(params![g, m.sender])?;
+        if !member {
+            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                .execute(params![m.id])?;
+            return Ok(Written::Changed);
+        }
     }
     if let super::Target::Direct(peer) = m.to {
         list_pair(tx, pairs, m.sender, peer)?;

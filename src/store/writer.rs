@@ -139,6 +139,9 @@ fn run(
     done: &Sender<Committed>,
     waker: &Waker,
 ) {
+    // If this thread dies (a panic in SQLite's hands), the loop must still hear of it: its
+    // `collect` then finds the channel closed and fails the batch instead of waiting forever.
+    let _wake_on_exit = WakeOnDrop(waker);
     if let Err(e) = store.checkpoint_by_hand() {
         warn!("automatic checkpoints stay on: {e}");
     }
@@ -181,6 +184,14 @@ fn run(
     }
     if uncopied {
         checkpoint(&store);
+    }
+}
+
+struct WakeOnDrop<'a>(&'a Waker);
+
+impl Drop for WakeOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.wake();
     }
 }
 
