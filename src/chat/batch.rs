@@ -168,8 +168,8 @@ impl Service {
     }
 
     /// The writer is done with the batch: its entries complete in order (a failed commit
-    /// answers each with `unavailable`), then the requests their connections held run, and
-    /// what gathered meanwhile goes out at once, so the writer does not wait for the loop.
+    /// answers each with `unavailable`), then the requests their connections held run. What
+    /// gathered meanwhile goes out at the end of the iteration, with what this iteration reads.
     pub fn committed(&mut self, done: Committed, now: Now) {
         let Some(entries) = self.batch.in_flight.take() else {
             warn!("a commit came back with no batch out");
@@ -207,7 +207,6 @@ impl Service {
         for conn in conns {
             self.run_held(conn, now);
         }
-        self.submit_batch(now);
     }
 
     /// Takes an entry off what its connection is owed; `false` if the connection is gone.
