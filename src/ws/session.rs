@@ -125,6 +125,15 @@ impl Session {
     /// Decodes from the start of `buf` (which it may unmask in place). Call again with the rest
     /// until it consumes nothing. `Err` is the close code with which to fail the connection.
     pub fn receive(&mut self, buf: &mut [u8]) -> Result<Received, CloseCode> {
+        if self.close_received {
+            // RFC 6455 5.5.1: nothing follows a close frame; ignore what a broken peer sends,
+            // all of it. Parsing it would read headers at offsets that depend on how the socket
+            // split the bytes, so the same stream could pass or fail (found by fuzzing).
+            return Ok(Received {
+                consumed: buf.len(),
+                event: None,
+            });
+        }
         match self.decode {
             Decode::Header => self.receive_header(buf),
             Decode::Payload {
@@ -169,13 +178,6 @@ impl Session {
             Header::Partial => return Ok(nothing()),
         };
         self.check_mask(&header)?;
-        if self.close_received {
-            // RFC 6455 5.5.1: nothing follows a close frame; ignore what a broken peer sends.
-            return Ok(Received {
-                consumed: buf.len(),
-                event: None,
-            });
-        }
         if header.opcode.is_control() {
             return self.receive_control(header, header_len, buf);
         }
@@ -555,6 +557,38 @@ mod tests {
         input.extend(masked(Opcode::Text, true, b"late"));
         let events = run(&mut server(), &input, 100).unwrap();
         assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn bytes_after_close_are_ignored_however_they_are_split() {
+        // Fuzz regressions (frame_client, frame_server): a close, then a frame. Fed a byte at a
+        // time, the payload "late" used to be parsed as a header ('l' = 0x6c has RSV bits set)
+        // and failed with 1002, while the same bytes in one piece were ignored.
+        let client_input = [
+            0x88, 0x05, 0x03, 0xe8, b'b', b'y', b'e', 0x81, 0x04, b'l', b'a', b't', b'e',
+        ];
+        let server_input = [
+            0x88, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x34, 0x12, 0x43, 0x44, 0x52, 0x81, 0x84, 0x37,
+            0xfa, 0x21, 0x3d, 0x5b, 0x9b, 0x55, 0x58,
+        ];
+        let bye = || {
+            vec![Event::Close(CloseFrame {
+                code: Some(1000),
+                reason: "bye".into(),
+            })]
+        };
+        for step in 1..=server_input.len() {
+            let mut client = Session::new(Role::Client, LIMITS);
+            assert_eq!(run(&mut client, &client_input, step), Ok(bye()));
+            assert_eq!(run(&mut server(), &server_input, step), Ok(bye()));
+        }
+        // Not even a header is parsed after the close: garbage is ignored too.
+        let mut s = server();
+        run(&mut s, &server_input[..11], 11).unwrap();
+        assert_eq!(
+            s.receive(&mut [0xff, 0xff, 0x00]).map(|r| r.consumed),
+            Ok(3)
+        );
     }
 
     #[test]
