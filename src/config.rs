@@ -50,8 +50,10 @@ pub struct Config {
     #[arg(long, env = "CHATD_COMMAND_BURST", default_value_t = 100.0)]
     pub command_burst: f64,
 
-    /// Refused (rate-limited) commands in a row after which the connection is closed with 1008.
-    #[arg(long, env = "CHATD_RATE_STRIKES", default_value_t = 20)]
+    /// Seconds a connection may keep going over the command rate (refused commands with no
+    /// second-long pause between them) before it is closed with 1008. A client that sends a
+    /// burst once (an offline outbox) gets `rate_limited` replies and stays open.
+    #[arg(long, env = "CHATD_RATE_STRIKES", default_value_t = 10)]
     pub rate_strikes: u32,
 
     /// `register` and `login` attempts per minute from one remote address, sustained; over it:

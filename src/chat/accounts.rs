@@ -223,7 +223,7 @@ impl Service {
         let reply = Ok(json!({ "user": name, "token": token, "expires": expires }));
         self.reply(conn, &id, reply);
         if let Some(since) = since {
-            self.replay(conn, uid, since);
+            self.start_replay(conn, uid, since);
         }
     }
 
@@ -281,7 +281,7 @@ impl Service {
                 );
                 self.reply(conn, &id, Ok(json!({ "user": user.name })));
                 if let Some(since) = since {
-                    self.replay(conn, uid, since);
+                    self.start_replay(conn, uid, since);
                 }
             }
             Ok(None) => self.reply(conn, &id, Err(refused())),

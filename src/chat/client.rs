@@ -26,7 +26,7 @@ pub struct Settings {
     pub command_rate: f64,
     /// Commands per connection in a burst.
     pub command_burst: f64,
-    /// Refused commands in a row after which the connection is closed with 1008.
+    /// Seconds in a row with refused commands after which the connection is closed with 1008.
     pub rate_strikes: u32,
     /// `register`/`login` per second per remote address, sustained.
     pub login_rate: f64,
@@ -70,13 +70,30 @@ pub struct Owed {
     /// Of those, the ones later requests may not overtake: writes other than messages, whose
     /// effects the next request may read.
     pub barriers: u32,
+    /// Waiting for its output queue to drain ([`Effect::AwaitDrain`](super::service::Effect)),
+    /// before a replay goes on or a large read runs.
+    pub drain: bool,
+    /// A replay is under way: the rest of it comes before any later reply.
+    pub replay: Option<Replay>,
 }
 
 impl Owed {
     /// Whether nothing is owed.
     pub fn is_clear(&self) -> bool {
-        self.password.is_none() && self.entries == 0
+        self.password.is_none() && self.entries == 0 && !self.drain && self.replay.is_none()
     }
+}
+
+/// A recovery replay sent in steps as the connection's output drains (see
+/// [`Service::replay_step`](super::service::Service)).
+#[derive(Debug, Clone, Copy)]
+pub struct Replay {
+    /// Whose conversations.
+    pub user: UserId,
+    /// The last msg_id sent so far (or the `since` asked for).
+    pub after: i64,
+    /// Messages sent so far.
+    pub sent: usize,
 }
 
 /// The service's state for one `/ws` connection.
@@ -90,8 +107,9 @@ pub struct Client {
     pub identity: Option<Rc<Identity>>,
     /// Command rate.
     pub bucket: Bucket,
-    /// Refused commands in a row.
-    pub strikes: u32,
+    /// When the current run of refused commands began, and the last refusal: a run ends after
+    /// a second without one.
+    pub strikes: Option<(std::time::Instant, std::time::Instant)>,
     /// `typing` rate.
     pub typing: Bucket,
     /// What it is still owed.
@@ -100,6 +118,12 @@ pub struct Client {
     pub held: Held,
     /// The connection ends once what it is owed is out.
     pub finishing: bool,
+    /// Its output queue was just found drained: the large read at the head of its requests
+    /// may run.
+    pub drained: bool,
+    /// The loop was told to stop reading it while its held requests are many
+    /// ([`Effect::Resume`](super::service::Effect) starts it again).
+    pub paused: bool,
     /// The upload in progress.
     pub upload: Option<(Upload, super::files::Destination)>,
 }

@@ -12,6 +12,7 @@
 //! protocol) ends only once everything it is owed is queued, with [`Effect::Finish`].
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use log::debug;
 use serde_json::Value;
@@ -31,6 +32,9 @@ pub const MAX_HELD_BYTES: usize = 16 << 20;
 /// Binary messages (upload pieces) a connection may have waiting, however small; more close the
 /// connection with 1008. Without it, empty messages would cost nothing against the byte bound.
 pub const MAX_HELD_PIECES: usize = 4096;
+
+/// A run of refused commands ends after this long without one.
+const STRIKE_GAP: Duration = Duration::from_secs(1);
 
 /// A connection's held messages, in order, with running counts so that no check walks them.
 #[derive(Debug, Default)]
@@ -68,6 +72,22 @@ impl Held {
         self.count(&inbound, 1);
         self.queue.push_back(inbound);
         Ok(())
+    }
+
+    /// How many more messages may be taken in now: each could end up held. None while the held
+    /// bytes are half their bound, since one message may be as large as the message limit.
+    fn room(&self) -> usize {
+        if self.bytes >= MAX_HELD_BYTES / 2 {
+            return 0;
+        }
+        (MAX_HELD - self.requests).min(MAX_HELD_PIECES - self.pieces)
+    }
+
+    /// Puts a request back at the head of the line (its turn came, but it waits for
+    /// something first).
+    fn push_front(&mut self, inbound: Inbound) {
+        self.count(&inbound, 1);
+        self.queue.push_front(inbound);
     }
 
     fn front(&self) -> Option<&Inbound> {
@@ -135,10 +155,28 @@ impl Inbound {
 impl Client {
     /// Whether a new message must wait behind a reply still owed.
     fn must_wait(&self, inbound: &Inbound) -> bool {
+        !self.held.is_empty() || self.blocks(inbound)
+    }
+
+    /// Whether what is owed keeps this message from running now.
+    fn blocks(&self, inbound: &Inbound) -> bool {
         let owed = &self.owed;
-        !self.held.is_empty()
-            || owed.password.is_some()
+        owed.password.is_some()
+            || owed.drain
+            || owed.replay.is_some()
             || (owed.entries > 0 && (owed.barriers > 0 || !inbound.joins_batch()))
+    }
+
+    /// Notes a refused command; `true` when refusals have not stopped for a second for
+    /// `seconds` seconds: a client that keeps going over the rate, not one that flushed a
+    /// queue once and got its `rate_limited` replies.
+    fn strike(&mut self, now: Instant, seconds: u32) -> bool {
+        let start = match self.strikes {
+            Some((start, last)) if now.saturating_duration_since(last) < STRIKE_GAP => start,
+            _ => now,
+        };
+        self.strikes = Some((start, now));
+        now.saturating_duration_since(start) >= Duration::from_secs(seconds.into())
     }
 
     fn uploading(&self) -> bool {
@@ -180,11 +218,10 @@ impl Service {
             .bucket
             .take(settings.command_rate, settings.command_burst, now.mono)
         {
-            client.strikes += 1;
-            if client.strikes > settings.rate_strikes {
+            if client.strike(now.mono, settings.rate_strikes) {
                 debug!(
-                    "conn {conn}: rate limit exceeded {} times, closing",
-                    client.strikes
+                    "conn {conn}: over the command rate for {}s, closing",
+                    settings.rate_strikes
                 );
                 self.refuse_connection(conn);
                 return None;
@@ -193,7 +230,6 @@ impl Service {
             let refusal = Failure::new(ErrorCode::RateLimited, "too many requests, slow down");
             return Some(Inbound::Request(Err((id, refusal))));
         }
-        client.strikes = 0;
         if opcode == Opcode::Binary {
             let refusal = Failure::new(
                 ErrorCode::BadRequest,
@@ -211,20 +247,71 @@ impl Service {
             let Some(client) = self.clients.get_mut(&conn) else {
                 return;
             };
-            let runnable = {
-                let owed = &client.owed;
-                client.held.front().is_some_and(|next| {
-                    owed.password.is_none()
-                        && (owed.entries == 0 || (owed.barriers == 0 && next.joins_batch()))
-                })
-            };
-            if !runnable {
+            if !client.held.front().is_some_and(|next| !client.blocks(next)) {
                 break;
             }
             let next = client.held.pop().expect("checked above");
             self.handle(conn, next, now);
         }
+        self.resume_if_paused(conn);
         self.finish_if_settled(conn);
+    }
+
+    /// How many more messages the loop may hand over for this connection now: as many as its
+    /// held queue has room for. At none, the loop stops reading the connection (the peer is
+    /// slowed by TCP flow control) until [`Effect::Resume`].
+    pub fn room(&mut self, conn: ConnId) -> usize {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return usize::MAX;
+        };
+        let room = client.held.room();
+        if room == 0 {
+            client.paused = true;
+        }
+        room
+    }
+
+    fn resume_if_paused(&mut self, conn: ConnId) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if client.paused && client.held.is_empty() {
+            client.paused = false;
+            self.push(Effect::Resume(conn));
+        }
+    }
+
+    /// A large read waits for the connection's output to drain first, so that its reply never
+    /// lands on a full queue; `Some` gives the request back when its turn is not yet.
+    pub(super) fn wait_for_drain(&mut self, conn: ConnId, request: Request) -> Option<Request> {
+        let client = self.clients.get_mut(&conn)?;
+        if std::mem::take(&mut client.drained) {
+            return Some(request);
+        }
+        client.owed.drain = true;
+        client.held.push_front(Inbound::Request(Ok(request)));
+        self.push(Effect::AwaitDrain(conn));
+        None
+    }
+
+    /// The connection's output queue drained (after [`Effect::AwaitDrain`]): the replay goes
+    /// on, or the large read waiting for it runs, then whatever was held behind it.
+    pub fn output_drained(&mut self, conn: ConnId, now: Now) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if !std::mem::take(&mut client.owed.drain) {
+            return;
+        }
+        if client.owed.replay.is_some() {
+            self.replay_step(conn);
+        } else {
+            client.drained = true;
+        }
+        self.run_held(conn, now);
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.drained = false;
+        }
     }
 
     /// The peer closed (or broke the protocol): the connection ends once every reply it is
@@ -246,6 +333,18 @@ impl Service {
             self.push(Effect::Finish(conn));
         }
     }
+}
+
+/// Whether a command's reply may be large (pages of messages, long lists): it runs only once
+/// the connection's output has drained.
+pub(super) fn reads_much(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::History { .. }
+            | Command::Sync { .. }
+            | Command::GroupList
+            | Command::GroupMembers { .. }
+    )
 }
 
 impl Inbound {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::batch::Then;
+use super::client::Replay;
 use super::files::Destination;
 use super::groups::allow;
 use super::permissions::Action;
@@ -20,6 +21,12 @@ use crate::store::{FileMeta, NewMessage, PartFile, StoredMessage, Target, UserId
 
 /// Longest `client_id`, in bytes.
 pub const MAX_CLIENT_ID: usize = 128;
+
+/// Messages one replay step reads from the store at most.
+const REPLAY_PAGE: usize = 64;
+
+/// Encoded bytes after which a replay step stops and waits for the output to drain.
+const REPLAY_STEP_BYTES: usize = 256 * 1024;
 
 /// A conversation address resolved for one user.
 pub struct Conversation {
@@ -101,6 +108,11 @@ impl Service {
             }
         };
         conns.retain(|&c| c != from_conn);
+        if self.replays > 0 {
+            // A replaying connection reads this message from the store in a later step.
+            let clients = &self.clients;
+            conns.retain(|c| clients.get(c).is_none_or(|c| c.owed.replay.is_none()));
+        }
         Ok(conns)
     }
 
@@ -365,26 +377,82 @@ impl Service {
     }
 
     /// The recovery replay: the oldest missed messages as `message` events, then `recovered`
-    /// (`complete: false` when the page was full and more remain).
-    pub(super) fn replay(&mut self, conn: ConnId, user: UserId, since: i64) {
-        let limit = self.settings.recovery_limit;
-        // Up to the last message delivered live: anything after it is committed but not yet
-        // delivered, and reaches this connection live, once.
-        let through = self.delivered_through;
-        let (page, more) = match self.store.recover(user, since, through, limit) {
-            Ok(r) => r,
-            Err(e) => return self.reply(conn, &None, Err(e.into())),
+    /// (`complete: false` when the limit was reached and more remain). It goes out in steps as
+    /// the connection's output drains, so no replay can fill the queue up to its cap, and
+    /// nothing else is answered until it ends.
+    pub(super) fn start_replay(&mut self, conn: ConnId, user: UserId, since: i64) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
         };
-        let last = page.last().map_or(since, |m| m.id);
-        for m in &page {
+        client.owed.replay = Some(Replay {
+            user,
+            after: since,
+            sent: 0,
+        });
+        self.replays += 1;
+        self.replay_step(conn);
+    }
+
+    /// One step of a replay: messages up to [`REPLAY_STEP_BYTES`], then either a wait for the
+    /// output to drain or `recovered`. Each step reads up to the last message delivered live
+    /// at that moment; while the replay runs, live deliveries skip this connection (see
+    /// [`Service::audience`]), so its messages arrive once and in `msg_id` order.
+    pub(super) fn replay_step(&mut self, conn: ConnId) {
+        let Some(Replay { user, after, sent }) =
+            self.clients.get(&conn).and_then(|c| c.owed.replay)
+        else {
+            return;
+        };
+        let left = self.settings.recovery_limit.saturating_sub(sent);
+        let page = left.min(REPLAY_PAGE);
+        let (messages, mut more) =
+            match self
+                .store
+                .recover(user, after, self.delivered_through, page)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.end_replay(conn);
+                    return self.reply(conn, &None, Err(e.into()));
+                }
+            };
+        let (mut last, mut count, mut bytes) = (after, 0, 0);
+        for m in &messages {
             let text = MessageEvent::of(m, Some("message")).encode();
+            bytes += text.len();
             self.push(Effect::Send(conn, text_frame(&text)));
+            (last, count) = (m.id, count + 1);
+            if bytes >= REPLAY_STEP_BYTES {
+                break;
+            }
         }
+        more |= count < messages.len();
+        let sent = sent + count;
+        if more && sent < self.settings.recovery_limit {
+            if let Some(client) = self.clients.get_mut(&conn) {
+                client.owed.replay = Some(Replay {
+                    user,
+                    after: last,
+                    sent,
+                });
+                client.owed.drain = true;
+            }
+            return self.push(Effect::AwaitDrain(conn));
+        }
+        self.end_replay(conn);
         let done = protocol::event(
             "recovered",
             json!({ "last_msg_id": last, "complete": !more }),
         );
         self.push(Effect::Send(conn, text_frame(&done)));
+    }
+
+    fn end_replay(&mut self, conn: ConnId) {
+        if let Some(client) = self.clients.get_mut(&conn) {
+            if client.owed.replay.take().is_some() {
+                self.replays -= 1;
+            }
+        }
     }
 }
 

@@ -88,6 +88,13 @@ pub enum Effect {
     /// Commit these writes on the store writer; the result comes back through
     /// [`Service::committed`]. At most one batch is out at a time.
     Commit(crate::store::Batch),
+    /// Tell [`Service::output_drained`] once this connection's output queue is short (at
+    /// once if it already is): a replay goes on in steps, and a large read waits, so that
+    /// neither fills the queue up to its cap.
+    AwaitDrain(ConnId),
+    /// Read this connection again: it had stopped, its held requests at their bound (see
+    /// [`Service::room`]).
+    Resume(ConnId),
 }
 
 /// What a handler decided about its request.
@@ -147,6 +154,8 @@ pub struct Service {
     /// The highest msg_id whose commit came back and whose delivery was queued: replays and
     /// history read no further, so a message never reaches a connection both ways.
     pub(super) delivered_through: i64,
+    /// Connections with a replay under way, which live deliveries skip.
+    pub(super) replays: usize,
     /// The writes of this iteration, and the batch being committed.
     pub(super) batch: Batch,
     /// Members by group, cached for delivery and presence; changed in place as commits land.
@@ -211,6 +220,7 @@ impl Service {
             next_msg_id,
             next_group_id,
             delivered_through: next_msg_id - 1,
+            replays: 0,
             batch: Batch::default(),
             members_cache: HashMap::new(),
             directory: Default::default(),
@@ -244,10 +254,12 @@ impl Service {
             identity: None,
             bucket: Bucket::new(self.settings.command_burst, now.mono),
             typing: Bucket::new(self.settings.typing_burst, now.mono),
-            strikes: 0,
+            strikes: None,
             owed: Owed::default(),
             held: Default::default(),
             finishing: false,
+            drained: false,
+            paused: false,
             upload: None,
         };
         self.clients.insert(conn, client);
@@ -259,6 +271,9 @@ impl Service {
         let Some(client) = self.clients.remove(&conn) else {
             return;
         };
+        if client.owed.replay.is_some() {
+            self.replays -= 1;
+        }
         if let Some((up, _)) = client.upload {
             up.abort();
             self.upload_failed("disconnect");
@@ -293,6 +308,14 @@ impl Service {
             Inbound::Bytes(bytes) => return self.upload_bytes(conn, bytes, now),
             Inbound::Request(Err((id, failure))) => return self.answer(conn, id, Err(failure)),
             Inbound::Request(Ok(request)) => request,
+        };
+        let request = if super::held::reads_much(&request.command) {
+            match self.wait_for_drain(conn, request) {
+                Some(request) => request,
+                None => return,
+            }
+        } else {
+            request
         };
         let me = self.clients.get(&conn).and_then(|c| c.identity.clone());
         // A newcomer's arrival is announced before anything its commands let others see.
@@ -379,7 +402,7 @@ impl Service {
                 let ok = reply.is_ok();
                 self.answer(conn, id, reply);
                 if ok {
-                    self.replay(conn, user, since);
+                    self.start_replay(conn, user, since);
                 }
             }
             Outcome::Authenticate(identity, since) => {
@@ -387,7 +410,7 @@ impl Service {
                 self.set_identity(conn, identity);
                 self.answer(conn, id, reply);
                 if let Some(since) = since {
-                    self.replay(conn, user, since);
+                    self.start_replay(conn, user, since);
                 }
             }
             Outcome::AfterCommit(write, then) => self.join_batch(conn, id, Some(write), then),
@@ -427,6 +450,7 @@ impl Service {
         let conn = match &effect {
             Effect::Send(c, _) | Effect::SendFrames(c, _, _) | Effect::Close(c, _, _) => *c,
             Effect::Authenticated(c, _) | Effect::Finish(c) => *c,
+            Effect::AwaitDrain(c) | Effect::Resume(c) => *c,
             Effect::Hash(..) | Effect::Commit(_) => 0,
         };
         if conn != GONE {

@@ -54,6 +54,10 @@ struct Body {
 /// queue cap.
 pub const READ_PAUSE_QUEUED: usize = 512 * 1024;
 
+/// A connection waiting for its output to drain (a replay in steps, a large read) is told once
+/// its queue is under this.
+pub const DRAIN_LOW: usize = 256 * 1024;
+
 /// What the server does with an open WebSocket's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -195,6 +199,14 @@ pub struct Conn {
     /// our close frame; the chat service says when, see `Service::finish_after_replies`).
     /// Until then nothing more is decoded.
     ending: Option<Step>,
+    /// Messages the next pump may decode: what the chat service can take now. At zero the
+    /// connection is not read; bytes stay in the socket and TCP slows the peer.
+    room: usize,
+    /// Decoding stopped at `room` with bytes left in `input`: more may be decoded without a
+    /// read.
+    backlog: bool,
+    /// The chat service waits to hear that the output queue is under [`DRAIN_LOW`].
+    pub awaits_drain: bool,
 }
 
 impl Conn {
@@ -221,7 +233,20 @@ impl Conn {
             touched: false,
             write_interest: false,
             ending: None,
+            room: usize::MAX,
+            backlog: false,
+            awaits_drain: false,
         }
+    }
+
+    /// Sets how many messages the next pump may decode (none: the connection is not read).
+    pub fn set_room(&mut self, room: usize) {
+        self.room = room;
+    }
+
+    /// Whether the chat service is waiting for this connection's queue to drain and it has.
+    pub fn drained(&self) -> bool {
+        self.awaits_drain && self.output.queued() < DRAIN_LOW
     }
 
     /// The socket, for registration with the poll.
@@ -287,9 +312,13 @@ impl Conn {
     }
 
     /// Whether the loop should come back to read more without waiting for an event: the socket
-    /// was not drained (budget ran out) and the connection is not paused by its own queue.
+    /// was not drained (budget ran out) or decoded input is left, and the connection is paused
+    /// neither by its own queue nor by the chat service.
     pub fn wants_read(&self) -> bool {
-        self.readable && self.reads() && self.output.queued() < READ_PAUSE_QUEUED
+        (self.readable || self.backlog)
+            && self.room > 0
+            && self.reads()
+            && self.output.queued() < READ_PAUSE_QUEUED
     }
 
     fn reads(&self) -> bool {

@@ -12,7 +12,9 @@ impl Conn {
         scratch: &mut [u8],
         inbox: &mut Vec<(Opcode, Vec<u8>)>,
     ) -> Pumped {
-        // Bytes that came in with the request head belong to the next phase.
+        self.backlog = false;
+        // Bytes that came in with the request head, or left undecoded by the last pump,
+        // belong to the current phase.
         if !self.input.is_empty() && !matches!(self.phase, Phase::Handshake { .. }) {
             let mut input = std::mem::take(&mut self.input);
             let used = self.absorb_frames(input.data_mut(), cx, inbox);
@@ -20,7 +22,7 @@ impl Conn {
             self.input = input;
         }
         let mut budget = READ_BUDGET;
-        while self.readable && budget > 0 && self.reads() {
+        while self.readable && budget > 0 && !self.backlog && self.reads() {
             if let Phase::Handshake { .. } = self.phase {
                 if let Some(req) = self.parse_head(cx) {
                     return Pumped::Request(req);
@@ -145,6 +147,10 @@ impl Conn {
     ) -> usize {
         let mut at = 0;
         while self.ending.is_none() {
+            if inbox.len() >= self.room {
+                self.backlog = true;
+                return at;
+            }
             let ws = match &mut self.phase {
                 Phase::Open { ws, .. } | Phase::Closing { ws, .. } => ws,
                 _ => return at,

@@ -13,10 +13,22 @@ use crate::ws::{frame, Opcode};
 impl Server {
     /// Reads, parses and dispatches everything one connection has for this iteration.
     pub(super) fn read_and_dispatch(&mut self, key: usize, now: Now) {
+        if self.conns.get(key).is_some_and(Conn::drained) {
+            self.conns[key].awaits_drain = false;
+            self.chat.output_drained(key, now);
+        }
         loop {
+            let room = match self.conns.get(key).and_then(Conn::route) {
+                Some(Route::Chat) => self.chat.room(key),
+                _ => usize::MAX,
+            };
             let Some((conn, mut cx, scratch, inbox)) = self.lend(key, now.mono) else {
                 return;
             };
+            conn.set_room(room);
+            if room == 0 {
+                break;
+            }
             match conn.pump(&mut cx, scratch, inbox) {
                 Pumped::Request(req) => self.route(key, req, now),
                 Pumped::Done => break,
@@ -147,10 +159,24 @@ impl Server {
                 }
                 return;
             }
+            Effect::AwaitDrain(key) => {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return;
+                };
+                conn.awaits_drain = true;
+                if conn.drained() {
+                    conn.awaits_drain = false;
+                    self.chat.output_drained(key, now);
+                } else {
+                    touch(&mut self.conns, &mut self.touched, key);
+                }
+                return;
+            }
             Effect::Send(key, _)
             | Effect::SendFrames(key, ..)
             | Effect::Close(key, ..)
             | Effect::Authenticated(key, _)
+            | Effect::Resume(key)
             | Effect::Finish(key) => key,
         };
         let Server {
@@ -180,7 +206,11 @@ impl Server {
                 conn.set_auth_deadline((!yes).then(|| now.mono + cx.cfg.auth_timeout));
             }
             Effect::Finish(_) => conn.finish_ending(&mut cx),
-            Effect::Hash(..) | Effect::Commit(_) => unreachable!("handled above"),
+            // Read it again in the next iteration (see `flush_and_reap`).
+            Effect::Resume(_) => conn.set_room(usize::MAX),
+            Effect::Hash(..) | Effect::Commit(_) | Effect::AwaitDrain(_) => {
+                unreachable!("handled above")
+            }
         }
         touch(conns, touched, key);
     }

@@ -121,7 +121,8 @@ impl Server {
             }
             self.reregister(key);
             self.reschedule(key);
-            if self.conns[key].wants_read() {
+            let conn = &self.conns[key];
+            if conn.wants_read() || conn.drained() {
                 self.carry.push(key);
             }
         }

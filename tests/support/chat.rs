@@ -98,6 +98,35 @@ impl Client {
         self.ws.send(Message::text(text)).expect("send");
     }
 
+    /// Sends a raw text frame; `false` if the connection is gone.
+    pub fn try_send_text(&mut self, text: &str) -> bool {
+        self.ws.send(Message::text(text)).is_ok()
+    }
+
+    /// Reads until the server closes: what came first (events kept earlier included), and the
+    /// close code, if it sent one.
+    pub fn until_closed(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut seen: Vec<Value> = self.events.drain(..).collect();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => seen.push(serde_json::from_str(&t).expect("JSON")),
+                Ok(Message::Close(frame)) => {
+                    let _ = self.ws.flush();
+                    return (seen, frame.map(|f| u16::from(f.code)));
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return (seen, None),
+            }
+        }
+        panic!("server did not close the connection");
+    }
+
     /// Sends several text frames in one write, so that the server reads them together.
     pub fn send_texts_together(&mut self, texts: &[String]) {
         for t in texts {

@@ -1,0 +1,184 @@
+//! One user's traffic never cuts another off: what others sent a user always reaches it, and a
+//! client that sends more than its rate gets `rate_limited` replies in order instead of a close.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::chat::{self, user, Client, DataDir};
+
+/// Text that JSON escapes six times over (`\u0001`): the largest event a message can make.
+fn heavy_text() -> String {
+    "\u{1}".repeat(4000)
+}
+
+/// `from` sends `count` heavy messages to `to`, a window at a time, and waits for every ok.
+fn flood(from: &mut Client, to: &str, count: usize) {
+    let text = heavy_text();
+    let mut sent = 0;
+    while sent < count {
+        let window = (count - sent).min(50);
+        let batch: Vec<String> = (0..window)
+            .map(|i| json!({"type": "send", "id": sent + i, "to": to, "text": text}).to_string())
+            .collect();
+        from.send_texts_together(&batch);
+        for i in 0..window {
+            let reply = from.reply_to(&json!(sent + i));
+            assert_eq!(reply["type"], "ok", "{reply}");
+        }
+        sent += window;
+    }
+}
+
+#[test]
+fn a_mailbox_larger_than_the_queue_cap_is_recovered_whole() {
+    let dir = DataDir::new("recover-flood");
+    let server = chat::start(
+        &dir,
+        &["--command-rate", "100000", "--command-burst", "100000"],
+    );
+    let (mut mallory, _) = user(&server, "mallory");
+    let (victim, token) = user(&server, "victim");
+    drop(victim);
+    // 800 events of about 24 KB: 19 MB, more than the 16 MiB output cap.
+    let count = 800;
+    flood(&mut mallory, "@victim", count);
+
+    let mut c = Client::connect(&server);
+    c.ok(json!({"type": "auth", "token": token, "since": 0}));
+    let mut last = 0;
+    for n in 0..count {
+        let event = c
+            .next()
+            .unwrap_or_else(|| panic!("closed after {n} messages"));
+        assert_eq!(event["type"], "message", "{event}");
+        let id = event["msg_id"].as_i64().unwrap();
+        assert!(id > last, "out of order: {id} after {last}");
+        last = id;
+    }
+    let done = c.event("recovered");
+    assert_eq!(done["last_msg_id"], json!(last));
+    assert_eq!(done["complete"], json!(true));
+    c.ok(json!({"type": "whoami"}));
+}
+
+#[test]
+fn pipelined_history_pages_never_overflow_the_queue() {
+    let dir = DataDir::new("history-flood");
+    let server = chat::start(
+        &dir,
+        &["--command-rate", "100000", "--command-burst", "100000"],
+    );
+    let (mut mallory, _) = user(&server, "mallory");
+    let (mut victim, _) = user(&server, "victim");
+    flood(&mut mallory, "@victim", 100);
+    // Twenty pages of 100 heavy messages: 48 MB of replies asked for at once.
+    let pages: Vec<String> = (0..20)
+        .map(|i| {
+            json!({"type": "history", "id": 1000 + i, "with": "@mallory", "limit": 100}).to_string()
+        })
+        .collect();
+    victim.send_texts_together(&pages);
+    for i in 0..20 {
+        let reply = victim.reply_to(&json!(1000 + i));
+        assert_eq!(reply["type"], "ok", "page {i}");
+        assert_eq!(reply["messages"].as_array().unwrap().len(), 100);
+    }
+}
+
+/// A message sent live while a replay is under way arrives once, after the replayed ones.
+#[test]
+fn a_message_sent_during_a_replay_arrives_once_and_in_order() {
+    let dir = DataDir::new("replay-live");
+    let server = chat::start(
+        &dir,
+        &["--command-rate", "100000", "--command-burst", "100000"],
+    );
+    let (mut mallory, _) = user(&server, "mallory");
+    let (victim, token) = user(&server, "victim");
+    drop(victim);
+    flood(&mut mallory, "@victim", 300);
+
+    let mut c = Client::connect(&server);
+    c.send_text(&json!({"type": "auth", "id": 1, "token": token, "since": 0}).to_string());
+    // Sent while the replay is (most likely) still going out; wherever it lands, it must come
+    // exactly once and after everything older.
+    let live = mallory.ok(json!({"type": "send", "to": "@victim", "text": "live"}));
+    let live_id = live["msg_id"].as_i64().unwrap();
+    let mut ids = Vec::new();
+    loop {
+        let event = c.next().expect("closed during the replay");
+        match event["type"].as_str() {
+            Some("message") => ids.push(event["msg_id"].as_i64().unwrap()),
+            Some("recovered") if ids.contains(&live_id) => break,
+            Some("recovered") => {
+                let more = c.event("message");
+                ids.push(more["msg_id"].as_i64().unwrap());
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(ids.len(), 301, "every message once");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in msg_id order");
+    assert_eq!(*ids.last().unwrap(), live_id);
+}
+
+#[test]
+fn a_pipelined_outbox_gets_every_reply_in_order_and_stays_open() {
+    let dir = DataDir::new("outbox");
+    // The default command rate (50/s, burst 100) and strike limit.
+    let server = chat::start(&dir, &[]);
+    let (mut anna, _) = user(&server, "anna");
+    let (_bob, _) = user(&server, "bob");
+    let count = 3000;
+    let outbox: Vec<String> = (0..count)
+        .map(|i| json!({"type": "send", "id": i, "to": "@bob", "text": format!("m{i}"), "client_id": format!("c{i}")}).to_string())
+        .collect();
+    anna.send_texts_together(&outbox);
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..count {
+        let reply = anna.reply_to(&json!(i));
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("ok"), _) => ok += 1,
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            _ => panic!("reply {i}: {reply}"),
+        }
+    }
+    assert!(ok >= 90, "the burst is accepted: {ok}");
+    assert_eq!(ok + limited, count);
+    // Still open: after a pause the rate allows more.
+    std::thread::sleep(Duration::from_millis(1100));
+    anna.ok(json!({"type": "whoami"}));
+}
+
+#[test]
+fn a_client_that_keeps_going_over_the_rate_is_closed() {
+    let dir = DataDir::new("abuse");
+    let server = chat::start(
+        &dir,
+        &[
+            "--command-rate",
+            "2",
+            "--command-burst",
+            "5",
+            "--rate-strikes",
+            "2",
+        ],
+    );
+    let (mut calm, _) = user(&server, "calm");
+    let mut c = Client::connect(&server);
+    // Twenty requests a second, ten times the rate, for up to five seconds.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) && c.try_send_text(r#"{"type":"whoami"}"#) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (seen, code) = c.until_closed();
+    assert_eq!(code, Some(1008));
+    let limited = seen.iter().filter(|r| r["code"] == "rate_limited").count();
+    // Two seconds of refusals at about 18 a second come before the close.
+    assert!(limited >= 25, "closed after {limited} refusals");
+    // Others are unaffected.
+    calm.ok(json!({"type": "whoami"}));
+}
