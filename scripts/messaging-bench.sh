@@ -34,6 +34,10 @@ SERVER_PID=
 start_server() { # BINARY [FLAGS...]
   local bin=$1; shift
   rm -rf "${DATA:?}"/*
+  # Builds with per-user rates get them out of the way too (older builds lack the flags).
+  if "$bin" --help | grep -q -- --send-rate; then
+    set -- --send-rate 1000000 --send-burst 1000000 "$@"
+  fi
   "${CORE0[@]}" "$bin" --listen "127.0.0.1:$PORT" --data-dir "$DATA" --echo --log-level warn \
     --jwt-secret bench-secret --command-rate 1000000 --command-burst 1000000 \
     --max-queued-bytes 67108864 "$@" &

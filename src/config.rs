@@ -92,14 +92,40 @@ pub struct Config {
     #[arg(long, env = "CHATD_RECOVERY_LIMIT", default_value_t = 1000)]
     pub recovery_limit: usize,
 
-    /// `typing` notices per second one connection may send, sustained; over it:
-    /// `rate_limited`.
+    /// `typing` notices per second one user may send, sustained, across all its connections;
+    /// over it: `rate_limited`.
     #[arg(long, env = "CHATD_TYPING_RATE", default_value_t = 2.0)]
     pub typing_rate: f64,
 
-    /// `typing` notices one connection may send in a burst.
+    /// `typing` notices one user may send in a burst.
     #[arg(long, env = "CHATD_TYPING_BURST", default_value_t = 5.0)]
     pub typing_burst: f64,
+
+    /// Messages (`send`) per second one user may send, sustained, across all its connections;
+    /// over it: `rate_limited`.
+    #[arg(long, env = "CHATD_SEND_RATE", default_value_t = 20.0)]
+    pub send_rate: f64,
+
+    /// Messages one user may send in a burst.
+    #[arg(long, env = "CHATD_SEND_BURST", default_value_t = 200.0)]
+    pub send_burst: f64,
+
+    /// Groups one user may create per minute, sustained; over it: `rate_limited`.
+    #[arg(long, env = "CHATD_GROUP_CREATE_RATE", default_value_t = 10.0)]
+    pub group_create_rate: f64,
+
+    /// Groups one user may create in a burst.
+    #[arg(long, env = "CHATD_GROUP_CREATE_BURST", default_value_t = 20.0)]
+    pub group_create_burst: f64,
+
+    /// Uploads (`file.upload`) one user may start per minute, sustained; over it:
+    /// `rate_limited`.
+    #[arg(long, env = "CHATD_UPLOAD_RATE", default_value_t = 30.0)]
+    pub upload_rate: f64,
+
+    /// Uploads one user may start in a burst.
+    #[arg(long, env = "CHATD_UPLOAD_BURST", default_value_t = 10.0)]
+    pub upload_burst: f64,
 
     /// Listen backlog: connections the kernel may hold before the server accepts them (capped by
     /// the kernel's `net.core.somaxconn`). Over it, connecting clients wait a second and retry.
@@ -219,10 +245,17 @@ impl Config {
                 self.idle_timeout, self.ping_interval
             ));
         }
-        if self.command_rate <= 0.0
-            || self.command_burst < 1.0
-            || self.login_rate <= 0.0
-            || self.login_burst < 1.0
+        let rates = [
+            (self.command_rate, self.command_burst),
+            (self.login_rate, self.login_burst),
+            (self.typing_rate, self.typing_burst),
+            (self.send_rate, self.send_burst),
+            (self.group_create_rate, self.group_create_burst),
+            (self.upload_rate, self.upload_burst),
+        ];
+        if rates
+            .iter()
+            .any(|&(rate, burst)| rate <= 0.0 || burst < 1.0)
         {
             return Err("rates must be positive and bursts at least 1".into());
         }

@@ -182,3 +182,78 @@ fn a_client_that_keeps_going_over_the_rate_is_closed() {
     // Others are unaffected.
     calm.ok(json!({"type": "whoami"}));
 }
+
+/// Sends, typing notices, new groups and uploads are limited per account, however many
+/// connections it opens; other accounts keep their own allowance.
+#[test]
+fn per_user_rates_hold_across_connections() {
+    let dir = DataDir::new("per-user");
+    let server = chat::start(
+        &dir,
+        &[
+            "--send-rate",
+            "0.01",
+            "--send-burst",
+            "10",
+            "--typing-rate",
+            "0.01",
+            "--typing-burst",
+            "3",
+            "--group-create-rate",
+            "0.01",
+            "--group-create-burst",
+            "2",
+            "--upload-rate",
+            "0.01",
+            "--upload-burst",
+            "2",
+        ],
+    );
+    let (first, token) = user(&server, "mallory");
+    let (mut bob, _) = user(&server, "bob");
+    let mut conns = vec![first];
+    conns.extend((0..4).map(|_| chat::session(&server, &token)));
+    let count = |conns: &mut Vec<Client>, body: serde_json::Value| {
+        let mut ok = 0;
+        for c in conns.iter_mut() {
+            for _ in 0..3 {
+                let reply = c.request(body.clone());
+                match reply["type"].as_str() {
+                    Some("ok") => ok += 1,
+                    _ => assert_eq!(reply["code"], "rate_limited", "{reply}"),
+                }
+            }
+        }
+        ok
+    };
+    assert_eq!(
+        count(
+            &mut conns,
+            json!({"type": "send", "to": "@bob", "text": "x"})
+        ),
+        10
+    );
+    assert_eq!(
+        count(&mut conns, json!({"type": "typing", "to": "@bob"})),
+        3
+    );
+    let mut created = 0;
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c.request(json!({"type": "group.create", "group": format!("g{i}")}));
+        match r["type"].as_str() {
+            Some("ok") => created += 1,
+            _ => assert_eq!(r["code"], "rate_limited", "{r}"),
+        }
+    }
+    assert_eq!(created, 2);
+    let uploads: usize = conns
+        .iter_mut()
+        .map(|c| {
+            let r = c.request(json!({"type": "file.upload", "to": "@bob", "name": "f", "size": 1}));
+            usize::from(r["type"] == "ok")
+        })
+        .sum();
+    assert_eq!(uploads, 2);
+    // Another account is not affected.
+    bob.ok(json!({"type": "send", "to": "@mallory", "text": "fine"}));
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::hasher::Cost;
 use super::held::Held;
-use super::ratelimit::Bucket;
+use super::ratelimit::{Bucket, UserRates};
 use super::upload::Upload;
 use crate::store::UserId;
 
@@ -38,10 +38,9 @@ pub struct Settings {
     pub max_text_chars: usize,
     /// Most messages one recovery replays.
     pub recovery_limit: usize,
-    /// `typing` per second per connection, sustained.
-    pub typing_rate: f64,
-    /// `typing` per connection in a burst.
-    pub typing_burst: f64,
+    /// What one user may do, across its connections: sends, typing notices, new groups and
+    /// uploads.
+    pub user_rates: UserRates,
     /// Where uploaded files are stored.
     pub files_dir: std::path::PathBuf,
     /// Largest file, in bytes.
@@ -110,8 +109,6 @@ pub struct Client {
     /// When the current run of refused commands began, and the last refusal: a run ends after
     /// a second without one.
     pub strikes: Option<(std::time::Instant, std::time::Instant)>,
-    /// `typing` rate.
-    pub typing: Bucket,
     /// What it is still owed.
     pub owed: Owed,
     /// Requests that arrived while an earlier reply is owed, in order.

@@ -16,7 +16,10 @@ use super::files::Destination;
 use super::groups::allow;
 use super::permissions::Action;
 use super::protocol::{self, ErrorCode, Failure};
-use super::service::{fail, text_frame, ConnId, Effect, Identity, Now, Outcome, Reply, Service};
+use super::ratelimit::Act;
+use super::service::{
+    fail, over_rate, text_frame, ConnId, Effect, Identity, Now, Outcome, Reply, Service,
+};
 use crate::store::{FileMeta, NewMessage, PartFile, StoredMessage, Target, UserId, Write, Written};
 
 /// Longest `client_id`, in bytes.
@@ -324,16 +327,8 @@ impl Service {
 
     pub(super) fn typing(&mut self, conn: ConnId, me: &Identity, to: &str, now: Now) -> Reply {
         let conversation = self.conversation(me, to)?;
-        let (rate, burst) = (self.settings.typing_rate, self.settings.typing_burst);
-        let allowed = self
-            .clients
-            .get_mut(&conn)
-            .is_some_and(|c| c.typing.take(rate, burst, now.mono));
-        if !allowed {
-            return fail(
-                ErrorCode::RateLimited,
-                "typing notices are limited, slow down",
-            );
+        if !self.per_user.take(me.id, Act::Typing, now.mono) {
+            return over_rate("typing notices");
         }
         let conns = self.audience(
             &me.name,

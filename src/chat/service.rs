@@ -28,7 +28,7 @@ use super::hasher::Work;
 use super::held::Inbound;
 use super::metrics::{ChatMetrics, FileMetrics};
 use super::protocol::{self, Command, ErrorCode, Failure};
-use super::ratelimit::Bucket;
+use super::ratelimit::{Act, Bucket, PerUser};
 use super::upload;
 use crate::metrics::CloseReason;
 use crate::store::{GroupId, Store, StoreError, User, UserId, Write};
@@ -142,6 +142,8 @@ pub struct Service {
     /// Authenticated connections by user name: who is online, and where to deliver.
     pub(super) online: HashMap<String, Vec<ConnId>>,
     pub(super) login_buckets: HashMap<IpAddr, Bucket>,
+    /// What each user may still do, across its connections.
+    pub(super) per_user: PerUser,
     /// Password jobs out, by ticket.
     pub(super) password_jobs: HashMap<u64, (ConnId, Option<Value>, Waiting)>,
     pub(super) next_ticket: u64,
@@ -183,6 +185,14 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// The refusal for a user over one of its rates (across all its connections).
+pub fn over_rate<T>(what: &str) -> Result<T, Failure> {
+    fail(
+        ErrorCode::RateLimited,
+        format!("too many {what} from this account, slow down"),
+    )
+}
+
 /// The refusal for anything the store could not do.
 pub fn unavailable() -> Failure {
     Failure::new(ErrorCode::Unavailable, "storage is unavailable, try again")
@@ -209,6 +219,7 @@ impl Service {
         }
         Ok(Service {
             store,
+            per_user: PerUser::new(settings.user_rates),
             settings,
             clients: HashMap::new(),
             online: HashMap::new(),
@@ -253,7 +264,6 @@ impl Service {
             ip,
             identity: None,
             bucket: Bucket::new(self.settings.command_burst, now.mono),
-            typing: Bucket::new(self.settings.typing_burst, now.mono),
             strikes: None,
             owed: Owed::default(),
             held: Default::default(),
@@ -367,7 +377,10 @@ impl Service {
                 to,
                 text,
                 client_id,
-            } => self.send(&me, &to, text, client_id, now),
+            } => match self.per_user.take(me.id, Act::Send, now.mono) {
+                true => self.send(&me, &to, text, client_id, now),
+                false => reply(over_rate("messages")),
+            },
             Command::Typing { to } => reply(self.typing(conn, &me, &to, now)),
             Command::History {
                 with,
@@ -380,9 +393,17 @@ impl Service {
                 name,
                 size,
                 mime,
-            } => reply(self.file_upload(conn, id, &me, &to, name, size, mime)),
+            } => match self.per_user.take(me.id, Act::Upload, now.mono) {
+                true => reply(self.file_upload(conn, id, &me, &to, name, size, mime)),
+                false => reply(over_rate("uploads")),
+            },
             Command::FileCancel => reply(self.file_cancel(conn)),
-            Command::GroupCreate { group, private } => self.group_create(&me, group, private, now),
+            Command::GroupCreate { group, private } => {
+                match self.per_user.take(me.id, Act::GroupCreate, now.mono) {
+                    true => self.group_create(&me, group, private, now),
+                    false => reply(over_rate("new groups")),
+                }
+            }
             Command::GroupJoin { group } => self.group_join(&me, &group),
             Command::GroupLeave { group } => self.group_leave(&me, &group),
             Command::GroupInvite { group, user } => self.group_invite(&me, &group, &user),

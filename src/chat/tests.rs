@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::hasher::{Cost, Done, Outcome as Hashed, Work};
+use super::ratelimit::{Rate, UserRates};
 use super::service::{ConnId, Effect, Now, Service, Settings};
 use crate::store::{Batch, Committed, Store};
 use crate::ws::Opcode;
@@ -33,8 +34,24 @@ fn settings() -> Settings {
         },
         max_text_chars: 100,
         recovery_limit: 1000,
-        typing_rate: 2.0,
-        typing_burst: 5.0,
+        user_rates: UserRates {
+            send: Rate {
+                per_sec: 1000.0,
+                burst: 1000.0,
+            },
+            typing: Rate {
+                per_sec: 2.0,
+                burst: 5.0,
+            },
+            group_create: Rate {
+                per_sec: 1000.0,
+                burst: 1000.0,
+            },
+            upload: Rate {
+                per_sec: 1000.0,
+                burst: 1000.0,
+            },
+        },
         files_dir: std::env::temp_dir().join("chatd-service-tests-unused"),
         max_file_size: 1 << 20,
     }

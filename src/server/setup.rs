@@ -8,6 +8,7 @@ use log::{info, warn};
 use mio::Waker;
 
 use crate::chat::hasher::Cost;
+use crate::chat::ratelimit::{Rate, UserRates};
 use crate::chat::{Service, Settings};
 use crate::config::{Config, Registration, SyncMode};
 use crate::store::{Store, Writer};
@@ -39,6 +40,17 @@ pub(super) fn argon2_cost(cfg: &Config) -> Cost {
     }
 }
 
+/// What one user may do across its connections, per second.
+fn user_rates(cfg: &Config) -> UserRates {
+    let rate = |per_sec, burst| Rate { per_sec, burst };
+    UserRates {
+        send: rate(cfg.send_rate, cfg.send_burst),
+        typing: rate(cfg.typing_rate, cfg.typing_burst),
+        group_create: rate(cfg.group_create_rate / 60.0, cfg.group_create_burst),
+        upload: rate(cfg.upload_rate / 60.0, cfg.upload_burst),
+    }
+}
+
 /// The chat service's settings from the configuration.
 pub(super) fn settings(cfg: &Config) -> Settings {
     Settings {
@@ -54,8 +66,7 @@ pub(super) fn settings(cfg: &Config) -> Settings {
         argon2: argon2_cost(cfg),
         max_text_chars: cfg.max_text_chars,
         recovery_limit: cfg.recovery_limit,
-        typing_rate: cfg.typing_rate,
-        typing_burst: cfg.typing_burst,
+        user_rates: user_rates(cfg),
         files_dir: crate::chat::upload::files_dir(&cfg.data_dir),
         max_file_size: cfg.max_file_size,
     }

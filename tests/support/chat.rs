@@ -27,6 +27,18 @@ pub const FAST: &[&str] = &[
     "100000",
     "--login-burst",
     "100000",
+    "--send-rate",
+    "100000",
+    "--send-burst",
+    "100000",
+    "--group-create-rate",
+    "100000",
+    "--group-create-burst",
+    "100000",
+    "--upload-rate",
+    "100000",
+    "--upload-burst",
+    "100000",
 ];
 
 /// A data directory removed when dropped.
