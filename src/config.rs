@@ -83,6 +83,16 @@ pub struct Config {
     #[arg(long, env = "CHATD_MAX_FILE_SIZE", default_value_t = 100 << 20)]
     pub max_file_size: u64,
 
+    /// Bytes of files one user may have stored (its uploads in progress count at their
+    /// declared size); an upload past it: `too_large`. 0: no limit.
+    #[arg(long, env = "CHATD_USER_FILE_QUOTA", default_value_t = 1 << 30)]
+    pub user_file_quota: u64,
+
+    /// Free disk space, in bytes, that uploads must leave on the file system of the data dir;
+    /// an upload that would go below it: `unavailable`.
+    #[arg(long, env = "CHATD_MIN_FREE_DISK", default_value_t = 1 << 30)]
+    pub min_free_disk: u64,
+
     /// Longest message text, in Unicode scalar values; longer: `too_large`.
     #[arg(long, env = "CHATD_MAX_TEXT_CHARS", default_value_t = 4000)]
     pub max_text_chars: usize,

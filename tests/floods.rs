@@ -257,3 +257,62 @@ fn per_user_rates_hold_across_connections() {
     // Another account is not affected.
     bob.ok(json!({"type": "send", "to": "@mallory", "text": "fine"}));
 }
+
+/// Sends a whole file and waits for its `file.done`.
+fn upload(c: &mut Client, to: &str, data: &[u8]) {
+    c.ok(json!({"type": "file.upload", "to": to, "name": "f.bin", "size": data.len()}));
+    c.send_binary(data);
+    c.event("file.done");
+}
+
+#[test]
+fn stored_files_are_held_to_a_quota_per_user() {
+    let dir = DataDir::new("quota");
+    let server = chat::start(&dir, &["--user-file-quota", "1000"]);
+    let (mut mallory, _) = user(&server, "mallory");
+    let (mut bob, _) = user(&server, "bob");
+    upload(&mut mallory, "@mallory", &[7; 600]);
+    // 600 stored and 600 more declared: over 1000.
+    let refused = mallory.err(
+        json!({"type": "file.upload", "to": "@mallory", "name": "g", "size": 600}),
+        "too_large",
+    );
+    assert!(refused["message"].as_str().unwrap().contains("quota"));
+    // An upload in progress counts at its declared size, on any connection of the user.
+    mallory.ok(json!({"type": "file.upload", "to": "@mallory", "name": "h", "size": 300}));
+    let mut second = Client::connect(&server);
+    second.ok(json!({"type": "login", "user": "mallory", "password": "password-mallory"}));
+    second.err(
+        json!({"type": "file.upload", "to": "@mallory", "name": "i", "size": 200}),
+        "too_large",
+    );
+    // Another user has its own quota.
+    upload(&mut bob, "@bob", &[1; 900]);
+    // The quota holds across a restart (stored bytes are read from the store).
+    mallory.send_binary(&[2; 300]);
+    mallory.event("file.done");
+    drop(server);
+    let server = chat::start(&dir, &["--user-file-quota", "1000"]);
+    let mut again = Client::connect(&server);
+    again.ok(json!({"type": "login", "user": "mallory", "password": "password-mallory"}));
+    again.err(
+        json!({"type": "file.upload", "to": "@mallory", "name": "j", "size": 101}),
+        "too_large",
+    );
+    upload(&mut again, "@mallory", &[3; 100]);
+}
+
+#[test]
+fn uploads_stop_above_the_free_disk_floor() {
+    let dir = DataDir::new("disk-floor");
+    // A floor no disk reaches: a petabyte.
+    let server = chat::start(&dir, &["--min-free-disk", "1000000000000000"]);
+    let (mut anna, _) = user(&server, "anna");
+    let refused = anna.err(
+        json!({"type": "file.upload", "to": "@anna", "name": "f", "size": 10}),
+        "unavailable",
+    );
+    assert!(refused["message"].as_str().unwrap().contains("disk"));
+    // Messages still work.
+    anna.ok(json!({"type": "send", "to": "@anna", "text": "still here"}));
+}

@@ -45,6 +45,10 @@ pub struct Settings {
     pub files_dir: std::path::PathBuf,
     /// Largest file, in bytes.
     pub max_file_size: u64,
+    /// Bytes of files one user may have stored (0: no limit).
+    pub user_file_quota: u64,
+    /// Uploads are refused while the disk would have less than this free after them.
+    pub min_free_disk: u64,
 }
 
 /// Who a connection is logged in as.

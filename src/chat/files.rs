@@ -71,6 +71,7 @@ impl Service {
                 format!("files are at most {max} bytes"),
             );
         }
+        self.check_storage(me, size)?;
         if name.is_empty() || name.len() > MAX_FILE_NAME || name.chars().any(char::is_control) {
             return fail(
                 ErrorCode::BadRequest,
@@ -195,6 +196,55 @@ impl Service {
         }
         let (meta, part) = up.into_part();
         self.post_file(conn, to, meta, part, now);
+    }
+
+    /// Whether `size` more bytes fit the user's quota (its stored files, plus its uploads in
+    /// progress at their declared size) and leave the disk above its floor.
+    fn check_storage(&mut self, me: &Identity, size: u64) -> Result<(), Failure> {
+        let quota = self.settings.user_file_quota;
+        if quota > 0 {
+            let stored = match self.stored_bytes.get(&me.id) {
+                Some(&bytes) => bytes,
+                None => {
+                    let bytes = self.store.stored_bytes(me.id)?;
+                    self.stored_bytes.insert(me.id, bytes);
+                    bytes
+                }
+            };
+            let uploading: u64 = self
+                .conns_of(&me.name)
+                .iter()
+                .filter_map(|c| self.clients.get(c)?.upload.as_ref())
+                .map(|(up, _)| up.size)
+                .sum();
+            if stored + uploading + size > quota {
+                self.upload_failed("quota");
+                let used = stored + uploading;
+                return fail(
+                    ErrorCode::TooLarge,
+                    format!("over your storage quota: {used} of {quota} bytes used"),
+                );
+            }
+        }
+        let floor = self.settings.min_free_disk;
+        let free = upload::free_bytes(&self.settings.files_dir).map_err(|e| {
+            warn!("cannot read the free disk space: {e}");
+            Failure::new(ErrorCode::Unavailable, "cannot store files right now")
+        })?;
+        let uploading: u64 = self
+            .clients
+            .values()
+            .filter_map(|c| c.upload.as_ref())
+            .map(|(up, _)| up.size - up.received)
+            .sum();
+        if free.saturating_sub(uploading) < floor.saturating_add(size) {
+            self.upload_failed("disk_full");
+            return fail(
+                ErrorCode::Unavailable,
+                "the server is low on disk space; no uploads for now",
+            );
+        }
+        Ok(())
     }
 
     /// Counts a failed or abandoned upload.

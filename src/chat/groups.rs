@@ -395,6 +395,8 @@ impl Service {
     ) -> Reply {
         plain_result(written, "")?;
         self.forget_group(&group, true);
+        // Its files went with it: stored bytes are read again when next needed.
+        self.stored_bytes.clear();
         // Everyone who was a member when it went hears of it (the cache has the latest list).
         let members = match self.members_cache.remove(&group.id) {
             Some(cached) => cached.to_vec(),

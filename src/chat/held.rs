@@ -247,7 +247,7 @@ impl Service {
             let Some(client) = self.clients.get_mut(&conn) else {
                 return;
             };
-            if !client.held.front().is_some_and(|next| !client.blocks(next)) {
+            if client.held.front().is_none_or(|next| client.blocks(next)) {
                 break;
             }
             let next = client.held.pop().expect("checked above");

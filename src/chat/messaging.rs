@@ -208,6 +208,9 @@ impl Service {
     ) {
         let msg_id = self.next_msg_id;
         self.next_msg_id += 1;
+        if let Some(stored) = self.stored_bytes.get_mut(&to.sender) {
+            *stored += meta.size;
+        }
         let event = MessageEvent {
             kind: "message",
             msg_id,

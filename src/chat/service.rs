@@ -142,6 +142,9 @@ pub struct Service {
     /// Authenticated connections by user name: who is online, and where to deliver.
     pub(super) online: HashMap<String, Vec<ConnId>>,
     pub(super) login_buckets: HashMap<IpAddr, Bucket>,
+    /// Bytes of files each user has stored, as far as read (see `Service::check_storage`);
+    /// forgotten when files are deleted.
+    pub(super) stored_bytes: HashMap<UserId, u64>,
     /// What each user may still do, across its connections.
     pub(super) per_user: PerUser,
     /// Password jobs out, by ticket.
@@ -224,6 +227,7 @@ impl Service {
             clients: HashMap::new(),
             online: HashMap::new(),
             login_buckets: HashMap::new(),
+            stored_bytes: HashMap::new(),
             password_jobs: HashMap::new(),
             next_ticket: 1,
             next_serial: 1,

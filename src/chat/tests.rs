@@ -54,6 +54,8 @@ fn settings() -> Settings {
         },
         files_dir: std::env::temp_dir().join("chatd-service-tests-unused"),
         max_file_size: 1 << 20,
+        user_file_quota: 0,
+        min_free_disk: 0,
     }
 }
 

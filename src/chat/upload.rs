@@ -37,6 +37,21 @@ pub fn path_of(dir: &Path, id: &str) -> PathBuf {
     dir.join(id)
 }
 
+/// Bytes an unprivileged process may still write on the file system that holds `dir`
+/// (created if missing).
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    fs::create_dir_all(dir)?;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `path` is a NUL-terminated string and `stat` a plain struct statvfs(3) fills.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    Ok(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
 /// Removes partial files left by a crash during an upload; returns how many.
 pub fn remove_partials(dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {

@@ -69,5 +69,7 @@ pub(super) fn settings(cfg: &Config) -> Settings {
         user_rates: user_rates(cfg),
         files_dir: crate::chat::upload::files_dir(&cfg.data_dir),
         max_file_size: cfg.max_file_size,
+        user_file_quota: cfg.user_file_quota,
+        min_free_disk: cfg.min_free_disk,
     }
 }

@@ -576,7 +576,10 @@ mod tests {
              PRAGMA user_version = 3;",
         )
         .unwrap();
-        assert_eq!(schema::migrate(&mut db).unwrap(), 4);
+        assert_eq!(
+            schema::migrate(&mut db).unwrap(),
+            schema::MIGRATIONS.len() as u32
+        );
         let s = Store {
             db,
             pairs: Default::default(),
@@ -592,5 +595,31 @@ mod tests {
         assert_eq!(ids(1), [1, 2]);
         assert_eq!(ids(2), [1]);
         assert_eq!(ids(3), [2]);
+    }
+
+    #[test]
+    fn schema_5_gives_older_files_their_owner() {
+        let mut db = Connection::open_in_memory().unwrap();
+        for step in &schema::MIGRATIONS[..4] {
+            db.execute_batch(step).unwrap();
+        }
+        db.execute_batch(
+            "INSERT INTO users (id, name, created_ms) VALUES (1, 'a', 0), (2, 'b', 0);
+             INSERT INTO messages (id, sender, recipient, pair, text, ts)
+                VALUES (1, 1, 2, '1:2', '', 1), (2, 2, 1, '1:2', '', 2);
+             INSERT INTO files (id, msg_id, name, size, mime, sha256)
+                VALUES ('x', 1, 'x', 100, NULL, ''), ('y', 1, 'y', 20, NULL, ''),
+                       ('z', 2, 'z', 5, NULL, '');
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        schema::migrate(&mut db).unwrap();
+        let s = Store {
+            db,
+            pairs: Default::default(),
+        };
+        assert_eq!(s.stored_bytes(1).unwrap(), 120);
+        assert_eq!(s.stored_bytes(2).unwrap(), 5);
+        assert_eq!(s.stored_bytes(3).unwrap(), 0);
     }
 }

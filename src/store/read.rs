@@ -168,6 +168,15 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Bytes of the files a user has stored (an index range: `files_by_owner`).
+    pub fn stored_bytes(&self, user: UserId) -> Result<u64> {
+        let bytes: i64 = self
+            .db
+            .prepare_cached("SELECT COALESCE(SUM(size), 0) FROM files WHERE owner = ?1")?
+            .query_row([user], |r| r.get(0))?;
+        Ok(bytes.max(0) as u64)
+    }
+
     /// The highest group id given so far (0 when none).
     pub fn last_group_id(&self) -> Result<GroupId> {
         Ok(self

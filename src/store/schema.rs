@@ -91,6 +91,10 @@ pub const MIGRATIONS: &[&str] = &[
         key         TEXT PRIMARY KEY,  -- 'msg_id_floor': no msg_id at or below it is given again
         value       INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 5: who stored each file, so a user's stored bytes are one index range (the quota).
+    "ALTER TABLE files ADD COLUMN owner INTEGER;
+    UPDATE files SET owner = (SELECT sender FROM messages WHERE messages.id = files.msg_id);
+    CREATE INDEX files_by_owner ON files(owner, size);",
 ];
 
 /// Brings the database up to the latest version, one transaction per step.

@@ -556,10 +556,18 @@ fn insert_message(
     }
     if let Some(f) = &m.file {
         tx.prepare_cached(
-            "INSERT INTO files (id, msg_id, name, size, mime, sha256)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO files (id, msg_id, name, size, mime, sha256, owner)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
-        .execute(params![f.id, m.id, f.name, f.size as i64, f.mime, f.sha256])?;
+        .execute(params![
+            f.id,
+            m.id,
+            f.name,
+            f.size as i64,
+            f.mime,
+            f.sha256,
+            m.sender
+        ])?;
     }
     Ok(Written::Done(0))
 }
