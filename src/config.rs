@@ -93,6 +93,15 @@ pub struct Config {
     #[arg(long, env = "CHATD_MIN_FREE_DISK", default_value_t = 1 << 30)]
     pub min_free_disk: u64,
 
+    /// Delete messages (with their files) older than this, e.g. `365d`. Unset: keep them.
+    #[arg(long, env = "CHATD_MESSAGE_RETENTION", value_parser = parse_duration)]
+    pub message_retention: Option<Duration>,
+
+    /// Delete messages that carry a file (file posts) older than this, e.g. `30d`, sooner than
+    /// other messages. Unset: they follow `--message-retention`.
+    #[arg(long, env = "CHATD_FILE_RETENTION", value_parser = parse_duration)]
+    pub file_retention: Option<Duration>,
+
     /// Longest message text, in Unicode scalar values; longer: `too_large`.
     #[arg(long, env = "CHATD_MAX_TEXT_CHARS", default_value_t = 4000)]
     pub max_text_chars: usize,

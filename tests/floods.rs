@@ -316,3 +316,61 @@ fn uploads_stop_above_the_free_disk_floor() {
     // Messages still work.
     anna.ok(json!({"type": "send", "to": "@anna", "text": "still here"}));
 }
+
+/// The texts of a conversation's history, oldest first.
+fn history_texts(c: &mut Client, with: &str) -> Vec<String> {
+    let page = c.ok(json!({"type": "history", "with": with, "limit": 100}));
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn retention_deletes_old_messages_and_their_files() {
+    let dir = DataDir::new("retention");
+    let server = chat::start(&dir, &["--message-retention", "2s"]);
+    let (mut anna, _) = user(&server, "anna");
+    let (mut bob, _) = user(&server, "bob");
+    anna.ok(json!({"type": "send", "to": "@bob", "text": "old"}));
+    upload(&mut anna, "@bob", b"old bytes");
+    let files = dir.path().join("files");
+    let stored = || std::fs::read_dir(&files).map_or(0, |d| d.count());
+    assert_eq!(stored(), 1);
+    std::thread::sleep(Duration::from_millis(2200));
+    anna.ok(json!({"type": "send", "to": "@bob", "text": "new"}));
+    let started = Instant::now();
+    while history_texts(&mut bob, "@anna") != ["new"] {
+        assert!(started.elapsed() < Duration::from_secs(10), "never pruned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stored(), 0, "the file's bytes went with its message");
+    let pruned = support::metric_value(&server.metrics(), "chatd_messages_pruned_total");
+    assert_eq!(pruned, Some(2.0));
+}
+
+#[test]
+fn file_retention_deletes_file_posts_sooner_than_messages() {
+    let dir = DataDir::new("file-retention");
+    let server = chat::start(&dir, &["--file-retention", "1s"]);
+    let (mut anna, _) = user(&server, "anna");
+    let (mut bob, _) = user(&server, "bob");
+    anna.ok(json!({"type": "send", "to": "@bob", "text": "kept"}));
+    upload(&mut anna, "@bob", b"short-lived");
+    let started = Instant::now();
+    while history_texts(&mut bob, "@anna") != ["kept"] {
+        assert!(started.elapsed() < Duration::from_secs(10), "never pruned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What was pruned does not come back in a replay, and new msg_ids keep growing.
+    let after = anna.ok(json!({"type": "send", "to": "@bob", "text": "later"}));
+    let mut c = Client::connect(&server);
+    c.ok(json!({"type": "login", "user": "bob", "password": "password-bob", "since": 0}));
+    let texts: Vec<String> = (0..2)
+        .map(|_| c.event("message")["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["kept", "later"]);
+    assert!(after["msg_id"].as_i64().unwrap() > 2);
+}

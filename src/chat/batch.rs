@@ -81,6 +81,8 @@ pub enum Then {
         /// Who has which role now.
         changes: Vec<(String, Role)>,
     },
+    /// Retention deleted old messages (see [`super::retention`]).
+    Pruned,
     /// `group.delete`: tell the members it is gone.
     GroupDeleted {
         /// The group.
@@ -250,6 +252,7 @@ impl Service {
             Then::Membership(change) => self.membership_changed(change, written),
             Then::Invited { group, user, by } => self.invited(group, user, by, written),
             Then::RolesChanged { group, changes } => self.roles_changed(group, changes, written),
+            Then::Pruned => return self.pruned(written),
             Then::GroupDeleted { group, members, by } => {
                 self.group_deleted(group, members, by, written)
             }

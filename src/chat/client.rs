@@ -49,6 +49,10 @@ pub struct Settings {
     pub user_file_quota: u64,
     /// Uploads are refused while the disk would have less than this free after them.
     pub min_free_disk: u64,
+    /// Messages older than this are deleted.
+    pub message_retention: Option<Duration>,
+    /// Messages carrying a file older than this are deleted.
+    pub file_retention: Option<Duration>,
 }
 
 /// Who a connection is logged in as.

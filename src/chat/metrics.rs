@@ -11,6 +11,8 @@ pub struct ChatMetrics {
     pub delivered: u64,
     /// Sends answered from an earlier copy (repeated `client_id`).
     pub deduplicated: u64,
+    /// Messages deleted by retention.
+    pub pruned: u64,
     /// Commits of a batch.
     pub commits: u64,
     /// Commits that failed (their senders got `unavailable`).
@@ -73,6 +75,12 @@ impl Service {
             "counter",
             "Sends answered from an earlier copy (repeated client_id).",
             m.deduplicated,
+        );
+        one(
+            "chatd_messages_pruned_total",
+            "counter",
+            "Messages (and their files) deleted by --message-retention or --file-retention.",
+            m.pruned,
         );
         one(
             "chatd_commit_failures_total",

@@ -8,7 +8,8 @@
 //!    and its one output, [`Effect`]s; the command table and the [`Outcome`] of every handler.
 //! 4. [`held`]: replies in request order, and closing after the replies owed.
 //! 5. The handlers by job: [`accounts`], [`presence`], [`groups`], [`messaging`], [`files`].
-//! 6. [`batch`]: the iteration's writes, committed off the loop, and what follows each.
+//! 6. [`batch`]: the iteration's writes, committed off the loop, and what follows each;
+//!    [`retention`]: the prunes that join it.
 //! 7. [`directory`]: users, groups and roles remembered from the store.
 //! 8. [`metrics`]; the workers the loop runs for the service: [`hasher`] (passwords) and
 //!    [`upload`] (files on disk).
@@ -29,6 +30,7 @@ pub mod permissions;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
+pub mod retention;
 pub mod service;
 pub mod upload;
 

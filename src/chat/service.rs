@@ -145,6 +145,9 @@ pub struct Service {
     /// Bytes of files each user has stored, as far as read (see `Service::check_storage`);
     /// forgotten when files are deleted.
     pub(super) stored_bytes: HashMap<UserId, u64>,
+    /// When the next prune is due (`None`: now), and whether one is out.
+    pub(super) next_prune: Option<Instant>,
+    pub(super) pruning: bool,
     /// What each user may still do, across its connections.
     pub(super) per_user: PerUser,
     /// Password jobs out, by ticket.
@@ -228,6 +231,8 @@ impl Service {
             online: HashMap::new(),
             login_buckets: HashMap::new(),
             stored_bytes: HashMap::new(),
+            next_prune: None,
+            pruning: false,
             password_jobs: HashMap::new(),
             next_ticket: 1,
             next_serial: 1,
@@ -304,6 +309,7 @@ impl Service {
         if !self.presence_changes.is_empty() {
             self.flush_presence();
         }
+        self.prune_if_due(now);
         self.submit_batch(now);
     }
 

@@ -56,6 +56,8 @@ fn settings() -> Settings {
         max_file_size: 1 << 20,
         user_file_quota: 0,
         min_free_disk: 0,
+        message_retention: None,
+        file_retention: None,
     }
 }
 

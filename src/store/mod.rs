@@ -9,6 +9,7 @@
 //! the same two halves. Every query binds its parameters; statements are cached by rusqlite.
 
 mod messages;
+mod prune;
 mod read;
 mod schema;
 pub mod write;
@@ -595,6 +596,32 @@ mod tests {
         assert_eq!(ids(1), [1, 2]);
         assert_eq!(ids(2), [1]);
         assert_eq!(ids(3), [2]);
+    }
+
+    #[test]
+    fn a_prune_reads_from_the_oldest_end_and_keeps_msg_ids_taken() {
+        let mut s = Store::open_in_memory().unwrap();
+        let (a, b) = (user(&mut s, "a"), user(&mut s, "b"));
+        // ts = id for messages 1 to 6; a prune takes at most `limit` from the oldest end.
+        let writes = (1..=6)
+            .map(|i| msg(i, a, Target::Direct(b), None))
+            .collect();
+        commit(&mut s, writes);
+        let prune = |before, limit| Write::Prune {
+            messages_before: Some(before),
+            files_before: None,
+            limit,
+        };
+        assert_eq!(commit(&mut s, vec![prune(4, 2)]), [Written::Done(2)]);
+        assert_eq!(commit(&mut s, vec![prune(4, 10)]), [Written::Done(1)]);
+        let (left, _) = s.recover(b, 0, i64::MAX, 10).unwrap();
+        assert_eq!(left.iter().map(|m| m.id).collect::<Vec<_>>(), [4, 5, 6]);
+        assert_eq!(commit(&mut s, vec![prune(100, 10)]), [Written::Done(3)]);
+        assert_eq!(
+            s.last_message_id().unwrap(),
+            6,
+            "deleted msg_ids stay taken"
+        );
     }
 
     #[test]

@@ -150,6 +150,17 @@ pub enum Write {
         /// The group.
         group: GroupId,
     },
+    /// Retention: delete the messages sent before `messages_before` and the file posts sent
+    /// before `files_before` (ms since the epoch), at most `limit` of each, with their files;
+    /// [`Written::Done`] with how many messages went.
+    Prune {
+        /// Messages older than this go.
+        messages_before: Option<i64>,
+        /// Messages carrying a file older than this go.
+        files_before: Option<i64>,
+        /// Most of each deleted at once.
+        limit: usize,
+    },
 }
 
 /// What came of one [`Write`].
@@ -316,6 +327,11 @@ fn one(
         } => in_savepoint(tx, |tx| remove_member(tx, group, user, role, ban)),
         Write::Invite { group, user } => in_savepoint(tx, |tx| invite(tx, group, user)),
         Write::DeleteGroup { group } => delete_group(tx, group, orphans),
+        Write::Prune {
+            messages_before,
+            files_before,
+            limit,
+        } => super::prune::prune(tx, messages_before, files_before, limit, orphans),
     };
     settle(outcome)
 }
