@@ -8,6 +8,7 @@
 //! connection (`write`, `writer`). A server-grade backend for several nodes would implement
 //! the same two halves. Every query binds its parameters; statements are cached by rusqlite.
 
+mod admins;
 mod messages;
 mod read;
 mod schema;
@@ -576,7 +577,10 @@ mod tests {
              PRAGMA user_version = 3;",
         )
         .unwrap();
-        assert_eq!(schema::migrate(&mut db).unwrap(), 4);
+        assert_eq!(
+            schema::migrate(&mut db).unwrap(),
+            schema::MIGRATIONS.len() as u32
+        );
         let s = Store {
             db,
             pairs: Default::default(),

@@ -91,6 +91,12 @@ pub const MIGRATIONS: &[&str] = &[
         key         TEXT PRIMARY KEY,  -- 'msg_id_floor': no msg_id at or below it is given again
         value       INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 5: server admins, granted by the operator (`chatd admin grant`) to existing accounts, never
+    // by a name in the configuration (whoever registered it first would hold it).
+    "CREATE TABLE server_admins (
+        user_id     INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        granted_ms  INTEGER NOT NULL
+    );",
 ];
 
 /// Brings the database up to the latest version, one transaction per step.
