@@ -9,6 +9,13 @@ use crate::store::Store;
 
 /// Runs one `chatd admin` command; the text for the operator, or why it failed.
 pub fn run(data_dir: &Path, command: &AdminCommand) -> Result<String, String> {
+    // A mistyped path would otherwise get a new, empty database.
+    if !data_dir.join("chatd.db").is_file() {
+        return Err(format!(
+            "no chatd database in {} (see --data-dir)",
+            data_dir.display()
+        ));
+    }
     let store = Store::open(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let now = crate::chat::now_ms();
     let (name, admin) = match command {

@@ -238,4 +238,9 @@ fn a_server_admin_is_granted_by_the_operator_not_by_a_name() {
     let unknown = operator(&dir, &["admin", "grant", "nobody"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("nobody"));
+    // A data dir without a database is refused, not given a new one.
+    let elsewhere = DataDir::new("admins-elsewhere");
+    let mistyped = operator(&elsewhere, &["admin", "list"]);
+    assert!(!mistyped.status.success());
+    assert!(!elsewhere.path().join("chatd.db").exists());
 }
