@@ -22,7 +22,7 @@ SERVER_PID=
 start_server() {
   rm -rf "$DATA"/*
   "${CORE0[@]}" ./target/release/chatd --listen "127.0.0.1:$PORT" --data-dir "$DATA" --echo --log-level warn \
-    --jwt-secret bench-secret --command-rate 1000000 --command-burst 1000000 \
+    --jwt-secret bench-secret-of-32-bytes-or-longer --command-rate 1000000 --command-burst 1000000 \
     --send-rate 1000000 --send-burst 1000000 --group-create-rate 1000000 --group-create-burst 1000000 \
     --login-rate 100000 --login-burst 100000 --max-queued-bytes 67108864 "$@" &
   SERVER_PID=$!

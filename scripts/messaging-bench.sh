@@ -39,7 +39,7 @@ start_server() { # BINARY [FLAGS...]
     set -- --send-rate 1000000 --send-burst 1000000 "$@"
   fi
   "${CORE0[@]}" "$bin" --listen "127.0.0.1:$PORT" --data-dir "$DATA" --echo --log-level warn \
-    --jwt-secret bench-secret --command-rate 1000000 --command-burst 1000000 \
+    --jwt-secret bench-secret-of-32-bytes-or-longer --command-rate 1000000 --command-burst 1000000 \
     --max-queued-bytes 67108864 "$@" &
   SERVER_PID=$!
   for _ in $(seq 100); do

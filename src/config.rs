@@ -18,15 +18,31 @@ pub struct Config {
 
     /// Where the embedded database (`chatd.db`) and uploaded files (`files/`) live; created if
     /// missing.
-    #[arg(long, env = "CHATD_DATA_DIR", default_value = "./data")]
+    #[arg(long, env = "CHATD_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
 
-    /// Secret for HS256 JWTs accepted by `auth`; without it only session tokens work.
+    /// Secret for HS256 JWTs accepted by `auth`; without it only session tokens work. At least
+    /// 32 bytes (RFC 7518 3.2), or the server refuses to start.
     #[arg(long, env = "CHATD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// A server admin, who may do in any group what its owner may (repeatable, or
-    /// comma-separated in the environment).
+    /// Longest JWT lifetime accepted: `exp - iat`, or `exp - now` when the token has no `iat`.
+    /// A longer one (an `exp` in milliseconds among them) is refused with `unauthenticated`.
+    #[arg(long, env = "CHATD_JWT_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub jwt_max_lifetime: Duration,
+
+    /// When set, a JWT's `iss` must be exactly this; otherwise `iss` is not checked.
+    #[arg(long, env = "CHATD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, a JWT's `aud` (a string or an array of strings) must contain this; otherwise
+    /// `aud` is not checked.
+    #[arg(long, env = "CHATD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// No longer grants anything: accepted for old command lines and ignored with a warning,
+    /// because whoever registered the name first would have become an admin. Server admins
+    /// are granted with `chatd admin grant NAME`.
     #[arg(long = "admin", env = "CHATD_ADMINS", value_delimiter = ',')]
     pub admins: Vec<String>,
 
@@ -222,6 +238,36 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+
+    /// An operator command on the data dir instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Operator commands: they work on the data dir and exit; without one, chatd serves.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Server admins, who may do in any group what its owner may.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `chatd admin ...`: grants and revokes server admin rights on existing accounts. Works while
+/// the server runs: a grant applies from the user's next `login` or `auth`, a revocation at once.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Makes an existing account a server admin.
+    Grant {
+        /// The account's user name.
+        name: String,
+    },
+    /// Takes server admin rights away from an account.
+    Revoke {
+        /// The account's user name.
+        name: String,
+    },
+    /// Lists the server admins, one name a line.
+    List,
 }
 
 /// What "durably stored" means for an acknowledged message.
@@ -277,6 +323,18 @@ impl Config {
             .any(|&(rate, burst)| rate <= 0.0 || burst < 1.0)
         {
             return Err("rates must be positive and bursts at least 1".into());
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if secret.len() < crate::chat::auth::MIN_SECRET_BYTES {
+                return Err(format!(
+                    "--jwt-secret is {} bytes; HS256 needs at least {} (RFC 7518 section 3.2). A random one: openssl rand -base64 32",
+                    secret.len(),
+                    crate::chat::auth::MIN_SECRET_BYTES
+                ));
+            }
+        }
+        if self.jwt_max_lifetime.is_zero() {
+            return Err("--jwt-max-lifetime must be above zero".into());
         }
         if self.max_queued_bytes < self.max_message_size {
             return Err(format!(
@@ -353,6 +411,25 @@ mod tests {
         assert_eq!(c.max_message_size, 1 << 20);
         assert_eq!(c.frame_limit(), 1 << 20);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn a_jwt_secret_under_32_bytes_is_refused() {
+        let short = Config::parse_from(["chatd", "--jwt-secret", "bench-secret"]);
+        assert!(short.validate().unwrap_err().contains("--jwt-secret"));
+        let enough = Config::parse_from(["chatd", "--jwt-secret", &"k".repeat(32)]);
+        assert!(enough.validate().is_ok());
+    }
+
+    #[test]
+    fn operator_commands_take_the_data_dir_after_them() {
+        let c = Config::parse_from(["chatd", "admin", "grant", "root", "--data-dir", "/d"]);
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        assert!(matches!(
+            c.command,
+            Some(Command::Admin(AdminCommand::Grant { name })) if name == "root"
+        ));
+        assert!(Config::default().command.is_none());
     }
 
     #[test]

@@ -20,8 +20,10 @@
 //! 11. [`server`]: the loop that ties them together, its end-of-iteration step list, the HTTP
 //!     routes.
 //!
-//! `docs/lifecycle.md` follows one connection and one message through all of it.
+//! `docs/lifecycle.md` follows one connection and one message through all of it. [`admin`]
+//! holds the operator commands, which work on the data dir instead of serving.
 
+pub mod admin;
 pub mod buffer;
 pub mod chat;
 pub mod config;

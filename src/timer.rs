@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub enum TimerKey {
     /// A connection's next check (handshake, heartbeat, close timeouts), by slab key.
     Conn(usize),
+    /// The chat service's next credential expiry (see [`crate::chat::sessions`]).
+    Expiry,
     /// Resume accepting after running out of descriptors.
     Accept,
     /// The end of the shutdown drain.

@@ -187,7 +187,7 @@ fn auth_timeout_closes_unauthenticated_connections_only() {
 #[test]
 fn jwt_accept_and_reject() {
     let dir = DataDir::new("jwt");
-    let secret = "s3cret-for-tests";
+    let secret = "s3cret-for-tests-of-32-bytes-or-more";
     let server = chat::start(&dir, &["--jwt-secret", secret]);
     let exp = now_secs() + 300;
     let mut c = Client::connect(&server);
@@ -229,7 +229,10 @@ fn jwt_accept_and_reject() {
 fn jwt_without_a_configured_secret_is_refused() {
     let dir = DataDir::new("nojwt");
     let server = chat::start(&dir, &[]);
-    let token = sign_jwt(&json!({"sub": "ivy", "exp": now_secs() + 60}), b"any");
+    let token = sign_jwt(
+        &json!({"sub": "ivy", "exp": now_secs() + 60}),
+        b"any secret of at least 32 bytes!",
+    );
     let mut c = Client::connect(&server);
     c.err(json!({"type": "auth", "token": token}), "unauthenticated");
 }
@@ -285,14 +288,19 @@ fn group_lifecycle_and_events() {
 #[test]
 fn permission_matrix() {
     let dir = DataDir::new("perms");
-    let server = chat::start(&dir, &["--admin", "root"]);
+    let server = chat::start(&dir, &[]);
     let (mut owner, _) = user(&server, "owner");
     let (mut admin, _) = user(&server, "admin1");
     let (mut admin2, _) = user(&server, "admin2");
     let (mut member, _) = user(&server, "member1");
     let (mut member2, _) = user(&server, "member2");
     let (mut outsider, _) = user(&server, "outsider");
-    let (mut root, _) = user(&server, "root");
+    let (_, root_token) = user(&server, "root");
+    // A server admin is granted by the operator to an existing account, and holds from its
+    // next authentication.
+    let granted = chat::operator(&dir, &["admin", "grant", "root"]);
+    assert!(granted.status.success(), "{granted:?}");
+    let mut root = session(&server, &root_token);
 
     owner.ok(json!({"type": "group.create", "group": "club", "private": true}));
     // a private group needs an invitation
@@ -441,9 +449,12 @@ fn permission_matrix() {
 #[test]
 fn server_admin_acts_as_owner() {
     let dir = DataDir::new("srvadmin");
-    let server = chat::start(&dir, &["--admin", "boss"]);
+    let server = chat::start(&dir, &[]);
     let (mut owner, _) = user(&server, "own");
-    let (mut boss, _) = user(&server, "boss");
+    let (_, boss_token) = user(&server, "boss");
+    let granted = chat::operator(&dir, &["admin", "grant", "boss"]);
+    assert!(granted.status.success(), "{granted:?}");
+    let mut boss = session(&server, &boss_token);
     let (mut m, _) = user(&server, "mem");
     owner.ok(json!({"type": "group.create", "group": "g", "private": true}));
     boss.ok(json!({"type": "group.members", "group": "g"}));

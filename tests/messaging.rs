@@ -612,7 +612,7 @@ fn replies_owed_when_the_client_closes_come_before_the_close_frame() {
     use std::io::Write;
     use support::{close_body, masked, read_frame, OP_CLOSE, OP_TEXT};
     let dir = DataDir::new("closeowed");
-    let secret = "close-secret";
+    let secret = "close-secret-of-32-bytes-or-longer";
     let server = chat::start(&dir, &["--jwt-secret", secret]);
     let (_bob, _) = user(&server, "bob");
     let exp = chatd::chat::now_ms() / 1000 + 60;

@@ -351,6 +351,15 @@ function handleEvent(event) {
       receiveGroupEvent(event);
       scheduleRender();
       break;
+    case "session_ended":
+      // The server signed this connection out: our token was logged out elsewhere (another
+      // tab shares it), or it expired. Either way it is no good any more.
+      endSession(
+        event.reason === "logout"
+          ? "You logged out in another window."
+          : "Your session has ended. Please log in again.",
+      );
+      break;
     case "error":
       // An error nobody waits for: the end of a failed upload, or a request the server could
       // not read at all.

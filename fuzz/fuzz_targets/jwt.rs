@@ -10,7 +10,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
-use chatd::chat::auth::{looks_like_jwt, verify_jwt};
+use chatd::chat::auth::{looks_like_jwt, verify_jwt, JwtRules};
 use chatd::chat::names::valid_name;
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
@@ -33,9 +33,18 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let jwt_like = looks_like_jwt(&token);
-    if let Ok(sub) = verify_jwt(&token, SECRET, NOW_MS) {
+    // Lifetimes up to a century, so that the seed expiring in 2100 still verifies; the
+    // issuer and audience as in the seed `signed_claims_iss_aud` (the secret is not checked for
+    // length here: the seeds are signed with this one).
+    let rules = JwtRules {
+        max_lifetime_ms: 100 * 365 * 86_400_000,
+        issuer: Some("fuzz".into()),
+        audience: Some("chatd".into()),
+    };
+    if let Ok(jwt) = verify_jwt(&token, SECRET, &rules, NOW_MS) {
         assert!(jwt_like, "{token:?} verified but does not look like a JWT");
-        assert!(valid_name(&sub), "subject {sub:?}");
+        assert!(valid_name(&jwt.subject), "subject {:?}", jwt.subject);
+        assert!(jwt.expires_ms > NOW_MS, "verified but expired: {token:?}");
     }
 });
 

@@ -3,9 +3,8 @@
 //! A password is never checked on the loop: `register` and `login` ask the worker
 //! ([`Outcome::AfterPassword`]) and finish in [`Service::password_done`]. What they then store
 //! (the account, the session) joins the batch, and the connection is authenticated only once
-//! the commit is back.
-
-use std::rc::Rc;
+//! the commit is back. What happens to an authenticated connection afterwards (expiry,
+//! revocation, a fresh token) is in [`super::sessions`].
 
 use log::{debug, info};
 use serde_json::{json, Value};
@@ -212,12 +211,15 @@ impl Service {
             return self.reply(conn, &id, Err(f));
         }
         let (uid, name) = (user.id, user.name);
+        let admin = self.server_admin(uid);
         self.set_identity(
             conn,
             Identity {
                 id: uid,
                 name: name.clone(),
                 token_hash: Some(token_hash),
+                expires_ms: expires,
+                admin,
             },
         );
         let reply = Ok(json!({ "user": name, "token": token, "expires": expires }));
@@ -232,14 +234,18 @@ impl Service {
     pub(super) fn auth(&mut self, token: &str, since: Option<i64>, now: Now) -> Outcome {
         let identity = match self.resolve_token(token, now) {
             Ok(Resolved::Known(identity)) => identity,
-            Ok(Resolved::NewJwtUser(name)) => {
+            Ok(Resolved::NewJwtUser(name, expires_ms)) => {
                 return Outcome::AfterCommit(
                     Write::CreateUser {
                         name: name.clone(),
                         password: None,
                         created_ms: now.wall_ms,
                     },
-                    Then::JwtUser { name, since },
+                    Then::JwtUser {
+                        name,
+                        since,
+                        expires_ms,
+                    },
                 )
             }
             Err(f) => return Outcome::Reply(Err(f)),
@@ -251,7 +257,7 @@ impl Service {
         &mut self,
         conn: ConnId,
         id: Option<Value>,
-        name: String,
+        (name, expires_ms): (String, i64),
         since: Option<i64>,
         written: Result<Written, Failure>,
     ) {
@@ -271,12 +277,15 @@ impl Service {
                 info!("created user {} from a JWT", user.name);
                 self.remember_user(&user);
                 let uid = user.id;
+                let admin = self.server_admin(uid);
                 self.set_identity(
                     conn,
                     Identity {
                         id: uid,
                         name: user.name.clone(),
                         token_hash: None,
+                        expires_ms,
+                        admin,
                     },
                 );
                 self.reply(conn, &id, Ok(json!({ "user": user.name })));
@@ -294,78 +303,72 @@ impl Service {
         let refused = || Failure::new(ErrorCode::Unauthenticated, "invalid or expired token");
         match (&self.settings.jwt_secret, auth::looks_like_jwt(token)) {
             (Some(secret), true) => {
-                let name = auth::verify_jwt(token, secret, now.wall_ms).map_err(|e| {
+                let rules = &self.settings.jwt_rules;
+                let jwt = auth::verify_jwt(token, secret, rules, now.wall_ms).map_err(|e| {
                     debug!("JWT refused: {e:?}");
                     refused()
                 })?;
-                Ok(match self.store.user(&name)? {
+                Ok(match self.store.user(&jwt.subject)? {
                     Some(user) => Resolved::Known(Identity {
                         id: user.id,
+                        admin: self.store.is_server_admin(user.id)?,
                         name: user.name,
                         token_hash: None,
+                        expires_ms: jwt.expires_ms,
                     }),
                     // A JWT user unknown here is created on first use, without a password.
-                    None => Resolved::NewJwtUser(name),
+                    None => Resolved::NewJwtUser(jwt.subject, jwt.expires_ms),
                 })
             }
             _ => {
                 let hash = auth::token_hash(token);
-                let user = self
+                let (user, expires_ms) = self
                     .store
-                    .session_user(&hash, now.wall_ms)?
+                    .session(&hash, now.wall_ms)?
                     .ok_or_else(refused)?;
                 Ok(Resolved::Known(Identity {
                     id: user.id,
+                    admin: self.store.is_server_admin(user.id)?,
                     name: user.name,
                     token_hash: Some(hash),
+                    expires_ms,
                 }))
             }
         }
     }
 
-    /// `logout`: the session is revoked first; then the connection is unauthenticated.
+    /// `logout`: the session is revoked first; then the connection is unauthenticated, and so
+    /// is every other connection that holds the same session token.
     pub(super) fn logout(&mut self, conn: ConnId, me: &Identity) -> Outcome {
         match me.token_hash {
-            Some(token_hash) => {
-                Outcome::AfterCommit(Write::DeleteSession { token_hash }, Then::LoggedOut)
-            }
-            // A JWT has nothing stored to revoke.
-            None => Outcome::Reply(self.logged_out(conn, Ok(Written::Done(0)))),
+            Some(token_hash) => Outcome::AfterCommit(
+                Write::DeleteSession { token_hash },
+                Then::LoggedOut {
+                    revoked: Some((me.name.clone(), token_hash)),
+                },
+            ),
+            // A JWT has nothing stored to revoke: it ends with its `exp`.
+            None => Outcome::Reply(self.logged_out(conn, None, Ok(Written::Done(0)))),
         }
     }
 
-    pub(super) fn logged_out(&mut self, conn: ConnId, written: Result<Written, Failure>) -> Reply {
+    pub(super) fn logged_out(
+        &mut self,
+        conn: ConnId,
+        revoked: Option<(String, [u8; 32])>,
+        written: Result<Written, Failure>,
+    ) -> Reply {
         plain_result(written, "")?;
-        let Some(client) = self.clients.get_mut(&conn) else {
-            return Ok(json!({}));
-        };
-        let me = client.identity.take();
+        if let Some((user, token_hash)) = revoked {
+            self.end_sessions_of_token(&user, &token_hash, conn);
+        }
         // An upload started as this user ends with the session.
-        if let Some((up, _)) = client.upload.take() {
-            up.abort();
-            self.upload_failed("cancelled");
-        }
-        if let Some(me) = me {
-            self.set_offline(conn, &me);
-        }
-        self.push(Effect::Authenticated(conn, false));
+        self.unauthenticate(conn, "cancelled");
         Ok(json!({}))
     }
 
     pub(super) fn whoami(&mut self, me: &Identity) -> Reply {
         Ok(json!({ "user": me.name, "groups": self.store.groups_of(me.id)? }))
-    }
-
-    /// Makes a connection authenticated as `identity`.
-    /// A connection that closed while its login was committed stays gone: nobody comes online.
-    pub(super) fn set_identity(&mut self, conn: ConnId, identity: Identity) {
-        let identity = Rc::new(identity);
-        let Some(c) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        c.identity = Some(Rc::clone(&identity));
-        self.set_online(conn, &identity);
-        self.push(Effect::Authenticated(conn, true));
     }
 }
 
@@ -373,6 +376,6 @@ impl Service {
 pub(super) enum Resolved {
     /// A user known here.
     Known(Identity),
-    /// The name in a valid JWT of a user unknown here.
-    NewJwtUser(String),
+    /// The name in a valid JWT of a user unknown here, and when the JWT expires.
+    NewJwtUser(String, i64),
 }

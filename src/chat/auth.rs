@@ -3,7 +3,8 @@
 //! A session token is 256 random bits, given to the client once (base64url) and stored only as
 //! its SHA-256, so a copy of the database does not hand out sessions. A JWT is checked against
 //! RFC 7519 with HS256 (RFC 7518 3.2): the signature in constant time, `exp` required, `nbf`
-//! honoured, both with [`CLOCK_SKEW_MS`] of allowance.
+//! honoured, both with [`CLOCK_SKEW_MS`] of allowance; then the server's own bounds
+//! ([`JwtRules`]): a longest lifetime, and the issuer and audience when configured.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
@@ -11,8 +12,34 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// Allowance for clocks that disagree, applied to `exp` and `nbf`: 30 seconds.
+/// Allowance for clocks that disagree, applied to `exp`, `nbf` and `iat`: 30 seconds.
 pub const CLOCK_SKEW_MS: i64 = 30_000;
+
+/// Shortest HS256 secret accepted: RFC 7518 section 3.2, "A key of the same size as the hash
+/// output (for instance, 256 bits for "HS256") or larger MUST be used with this algorithm."
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// What a JWT must satisfy besides its signature and times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtRules {
+    /// Longest lifetime accepted, in ms: `exp - iat`, or `exp - now` without `iat`. It also
+    /// refuses an `exp` written in milliseconds, which would otherwise never come.
+    pub max_lifetime_ms: i64,
+    /// When set, `iss` must be exactly this.
+    pub issuer: Option<String>,
+    /// When set, `aud` (a string or an array of strings, RFC 7519 4.1.3) must contain this.
+    pub audience: Option<String>,
+}
+
+/// A JWT that checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// `sub`: the user name.
+    pub subject: String,
+    /// The first moment (ms since the epoch) at which the token no longer verifies: `exp`
+    /// plus the clock-skew allowance.
+    pub expires_ms: i64,
+}
 
 /// A new session token and the hash to store.
 pub fn new_session_token() -> std::io::Result<(String, [u8; 32])> {
@@ -49,6 +76,14 @@ pub enum JwtError {
     Expired,
     /// Before `nbf`.
     NotYetValid,
+    /// `iat` in the future.
+    IssuedInFuture,
+    /// `exp` further from `iat` (or from now) than the longest lifetime allowed.
+    Lifetime,
+    /// `iss` is not the configured issuer.
+    Issuer,
+    /// `aud` does not name the configured audience.
+    Audience,
     /// No `sub`, or not a valid user name.
     Subject,
 }
@@ -63,10 +98,37 @@ struct Claims {
     sub: Option<String>,
     exp: Option<f64>,
     nbf: Option<f64>,
+    iat: Option<f64>,
+    iss: Option<String>,
+    aud: Option<Audience>,
 }
 
-/// Verifies an HS256 JWT with `secret` at `now_ms`; returns the subject (a user name).
-pub fn verify_jwt(token: &str, secret: &[u8], now_ms: i64) -> Result<String, JwtError> {
+/// RFC 7519 4.1.3: "In the general case, the "aud" value is an array of case-sensitive strings
+/// [...]. In the special case when the JWT has one audience, the "aud" value MAY be a single
+/// case-sensitive string."
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn names(&self, wanted: &str) -> bool {
+        match self {
+            Audience::One(one) => one == wanted,
+            Audience::Many(many) => many.iter().any(|a| a == wanted),
+        }
+    }
+}
+
+/// Verifies an HS256 JWT with `secret` and `rules` at `now_ms`.
+pub fn verify_jwt(
+    token: &str,
+    secret: &[u8],
+    rules: &JwtRules,
+    now_ms: i64,
+) -> Result<Verified, JwtError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -84,19 +146,54 @@ pub fn verify_jwt(token: &str, secret: &[u8], now_ms: i64) -> Result<String, Jwt
     mac.verify_slice(&signature)
         .map_err(|_| JwtError::Signature)?;
     let claims: Claims = decode_json(p)?;
-    let exp = claims.exp.ok_or(JwtError::MissingExp)?;
-    if (now_ms - CLOCK_SKEW_MS) as f64 >= exp * 1000.0 {
-        return Err(JwtError::Expired);
-    }
-    if let Some(nbf) = claims.nbf {
-        if ((now_ms + CLOCK_SKEW_MS) as f64) < nbf * 1000.0 {
-            return Err(JwtError::NotYetValid);
-        }
-    }
+    let expires_ms = check_times(&claims, rules, now_ms)?;
+    check_parties(&claims, rules)?;
     match claims.sub {
-        Some(sub) if super::names::valid_name(&sub) => Ok(sub),
+        Some(subject) if super::names::valid_name(&subject) => Ok(Verified {
+            subject,
+            expires_ms,
+        }),
         _ => Err(JwtError::Subject),
     }
+}
+
+/// `exp`, `nbf`, `iat` and the lifetime; returns when the token stops verifying.
+fn check_times(claims: &Claims, rules: &JwtRules, now_ms: i64) -> Result<i64, JwtError> {
+    let (now, skew) = (now_ms as f64, CLOCK_SKEW_MS as f64);
+    let exp = claims.exp.ok_or(JwtError::MissingExp)? * 1000.0;
+    if now - skew >= exp {
+        return Err(JwtError::Expired);
+    }
+    if claims.nbf.is_some_and(|nbf| now + skew < nbf * 1000.0) {
+        return Err(JwtError::NotYetValid);
+    }
+    // A future `iat` would shorten the lifetime measured from it: refused, so that the bound
+    // below holds from now as well.
+    let issued = match claims.iat {
+        Some(iat) if iat * 1000.0 > now + skew => return Err(JwtError::IssuedInFuture),
+        Some(iat) => iat * 1000.0,
+        None => now,
+    };
+    if exp - issued > rules.max_lifetime_ms as f64 {
+        return Err(JwtError::Lifetime);
+    }
+    // Bounded by now + skew + the lifetime above, so the conversion is exact enough.
+    Ok(exp as i64 + CLOCK_SKEW_MS)
+}
+
+/// `iss` and `aud`, when the server names them.
+fn check_parties(claims: &Claims, rules: &JwtRules) -> Result<(), JwtError> {
+    if let Some(issuer) = &rules.issuer {
+        if claims.iss.as_ref() != Some(issuer) {
+            return Err(JwtError::Issuer);
+        }
+    }
+    if let Some(audience) = &rules.audience {
+        if !claims.aud.as_ref().is_some_and(|aud| aud.names(audience)) {
+            return Err(JwtError::Audience);
+        }
+    }
+    Ok(())
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, JwtError> {
@@ -119,8 +216,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const SECRET: &[u8] = b"test-secret";
+    const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes";
     const NOW: i64 = 1_700_000_000_000;
+    const DAY_MS: i64 = 86_400_000;
+
+    fn rules() -> JwtRules {
+        JwtRules {
+            max_lifetime_ms: DAY_MS,
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    fn verify(token: &str) -> Result<String, JwtError> {
+        verify_jwt(token, SECRET, &rules(), NOW).map(|v| v.subject)
+    }
 
     #[test]
     fn rfc7515_hs256_example_signature_verifies() {
@@ -130,52 +240,143 @@ mod tests {
         let key = B64URL
             .decode("AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow")
             .unwrap();
-        assert_eq!(verify_jwt(token, &key, NOW), Err(JwtError::Expired));
         assert_eq!(
-            verify_jwt(token, b"other key", NOW),
+            verify_jwt(token, &key, &rules(), NOW),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(
+            verify_jwt(token, b"other key", &rules(), NOW),
             Err(JwtError::Signature)
         );
     }
 
     #[test]
-    fn valid_token_gives_its_subject() {
+    fn valid_token_gives_its_subject_and_when_it_stops_verifying() {
         let t = sign_jwt(&json!({"sub": "alice", "exp": NOW / 1000 + 60}), SECRET);
         assert!(looks_like_jwt(&t));
-        assert_eq!(verify_jwt(&t, SECRET, NOW), Ok("alice".to_string()));
+        assert_eq!(
+            verify_jwt(&t, SECRET, &rules(), NOW),
+            Ok(Verified {
+                subject: "alice".into(),
+                expires_ms: NOW + 60_000 + CLOCK_SKEW_MS
+            })
+        );
+        let at_expiry = NOW + 60_000 + CLOCK_SKEW_MS;
+        assert!(verify_jwt(&t, SECRET, &rules(), at_expiry - 1).is_ok());
+        assert_eq!(
+            verify_jwt(&t, SECRET, &rules(), at_expiry),
+            Err(JwtError::Expired)
+        );
     }
 
     #[test]
     fn rejections() {
         let exp = NOW / 1000 + 60;
         let bad_sig = sign_jwt(&json!({"sub": "alice", "exp": exp}), b"wrong");
-        assert_eq!(verify_jwt(&bad_sig, SECRET, NOW), Err(JwtError::Signature));
+        assert_eq!(verify(&bad_sig), Err(JwtError::Signature));
         let no_exp = sign_jwt(&json!({"sub": "alice"}), SECRET);
-        assert_eq!(verify_jwt(&no_exp, SECRET, NOW), Err(JwtError::MissingExp));
+        assert_eq!(verify(&no_exp), Err(JwtError::MissingExp));
         let expired = sign_jwt(&json!({"sub": "alice", "exp": NOW / 1000 - 31}), SECRET);
-        assert_eq!(verify_jwt(&expired, SECRET, NOW), Err(JwtError::Expired));
+        assert_eq!(verify(&expired), Err(JwtError::Expired));
         let early = sign_jwt(
             &json!({"sub": "alice", "exp": exp, "nbf": NOW / 1000 + 31}),
             SECRET,
         );
-        assert_eq!(verify_jwt(&early, SECRET, NOW), Err(JwtError::NotYetValid));
+        assert_eq!(verify(&early), Err(JwtError::NotYetValid));
         let bad_sub = sign_jwt(&json!({"sub": "Not Valid", "exp": exp}), SECRET);
-        assert_eq!(verify_jwt(&bad_sub, SECRET, NOW), Err(JwtError::Subject));
-        assert_eq!(verify_jwt("a.b", SECRET, NOW), Err(JwtError::Malformed));
-        assert_eq!(
-            verify_jwt("!!.??.**", SECRET, NOW),
-            Err(JwtError::Malformed)
-        );
+        assert_eq!(verify(&bad_sub), Err(JwtError::Subject));
+        assert_eq!(verify("a.b"), Err(JwtError::Malformed));
+        assert_eq!(verify("!!.??.**"), Err(JwtError::Malformed));
     }
 
     #[test]
-    fn skew_allowance_applies_to_exp_and_nbf() {
+    fn skew_allowance_applies_to_exp_nbf_and_iat() {
         let just_expired = sign_jwt(&json!({"sub": "a", "exp": NOW / 1000 - 10}), SECRET);
-        assert!(verify_jwt(&just_expired, SECRET, NOW).is_ok());
+        assert!(verify(&just_expired).is_ok());
         let just_early = sign_jwt(
             &json!({"sub": "a", "exp": NOW / 1000 + 99, "nbf": NOW / 1000 + 10}),
             SECRET,
         );
-        assert!(verify_jwt(&just_early, SECRET, NOW).is_ok());
+        assert!(verify(&just_early).is_ok());
+        let issued_soon = sign_jwt(
+            &json!({"sub": "a", "exp": NOW / 1000 + 99, "iat": NOW / 1000 + 10}),
+            SECRET,
+        );
+        assert!(verify(&issued_soon).is_ok());
+        let issued_later = sign_jwt(
+            &json!({"sub": "a", "exp": NOW / 1000 + 99, "iat": NOW / 1000 + 31}),
+            SECRET,
+        );
+        assert_eq!(verify(&issued_later), Err(JwtError::IssuedInFuture));
+    }
+
+    #[test]
+    fn the_lifetime_is_bounded_and_an_exp_in_milliseconds_is_refused() {
+        let day = DAY_MS / 1000;
+        let now = NOW / 1000;
+        let exp_in_ms = sign_jwt(&json!({"sub": "a", "exp": NOW + 60_000}), SECRET);
+        assert_eq!(verify(&exp_in_ms), Err(JwtError::Lifetime));
+        let both_in_ms = sign_jwt(
+            &json!({"sub": "a", "exp": NOW + 60_000, "iat": NOW}),
+            SECRET,
+        );
+        assert_eq!(verify(&both_in_ms), Err(JwtError::IssuedInFuture));
+        let a_day = sign_jwt(&json!({"sub": "a", "exp": now + day}), SECRET);
+        assert!(verify(&a_day).is_ok());
+        let over_a_day = sign_jwt(&json!({"sub": "a", "exp": now + day + 1}), SECRET);
+        assert_eq!(verify(&over_a_day), Err(JwtError::Lifetime));
+        let old_but_long = sign_jwt(
+            &json!({"sub": "a", "exp": now + 60, "iat": now - day}),
+            SECRET,
+        );
+        assert_eq!(verify(&old_but_long), Err(JwtError::Lifetime));
+        let issued_an_hour_ago = sign_jwt(
+            &json!({"sub": "a", "exp": now + 60, "iat": now - 3600}),
+            SECRET,
+        );
+        assert!(verify(&issued_an_hour_ago).is_ok());
+    }
+
+    #[test]
+    fn issuer_and_audience_when_configured() {
+        let strict = JwtRules {
+            issuer: Some("https://id.example".into()),
+            audience: Some("chatd".into()),
+            ..rules()
+        };
+        let check = |claims: serde_json::Value| {
+            let mut claims = claims;
+            claims["sub"] = json!("a");
+            claims["exp"] = json!(NOW / 1000 + 60);
+            verify_jwt(&sign_jwt(&claims, SECRET), SECRET, &strict, NOW).map(|_| ())
+        };
+        let iss = "https://id.example";
+        assert_eq!(check(json!({"iss": iss, "aud": "chatd"})), Ok(()));
+        assert_eq!(check(json!({"iss": iss, "aud": ["web", "chatd"]})), Ok(()));
+        assert_eq!(
+            check(json!({"iss": "https://evil.example", "aud": "chatd"})),
+            Err(JwtError::Issuer)
+        );
+        assert_eq!(check(json!({"aud": "chatd"})), Err(JwtError::Issuer));
+        assert_eq!(
+            check(json!({"iss": iss, "aud": "web"})),
+            Err(JwtError::Audience)
+        );
+        assert_eq!(
+            check(json!({"iss": iss, "aud": ["web"]})),
+            Err(JwtError::Audience)
+        );
+        assert_eq!(check(json!({"iss": iss})), Err(JwtError::Audience));
+        assert_eq!(
+            check(json!({"iss": iss, "aud": 7})),
+            Err(JwtError::Malformed)
+        );
+        // Without configuration, iss and aud are not looked at.
+        let loose = sign_jwt(
+            &json!({"sub": "a", "exp": NOW / 1000 + 60, "iss": "x", "aud": "y"}),
+            SECRET,
+        );
+        assert!(verify(&loose).is_ok());
     }
 
     #[test]
@@ -183,7 +384,7 @@ mod tests {
         let header = B64URL.encode(br#"{"alg":"none"}"#);
         let payload = B64URL.encode(json!({"sub": "a", "exp": NOW / 1000 + 60}).to_string());
         let t = format!("{header}.{payload}.");
-        assert_eq!(verify_jwt(&t, SECRET, NOW), Err(JwtError::Algorithm));
+        assert_eq!(verify(&t), Err(JwtError::Algorithm));
     }
 
     #[test]

@@ -53,9 +53,14 @@ pub enum Then {
         name: String,
         /// Recovery asked for.
         since: Option<i64>,
+        /// When the JWT expires.
+        expires_ms: i64,
     },
     /// `logout`: the session is revoked.
-    LoggedOut,
+    LoggedOut {
+        /// The user and the session token's hash: the other connections holding it end.
+        revoked: Option<(String, [u8; 32])>,
+    },
     /// `group.create`.
     GroupCreated {
         /// The group.
@@ -244,10 +249,12 @@ impl Service {
             } => {
                 return self.logged_in(conn, id, user, (token, token_hash, expires), since, written)
             }
-            Then::JwtUser { name, since } => {
-                return self.jwt_user_created(conn, id, name, since, written)
-            }
-            Then::LoggedOut => self.logged_out(conn, written),
+            Then::JwtUser {
+                name,
+                since,
+                expires_ms,
+            } => return self.jwt_user_created(conn, id, (name, expires_ms), since, written),
+            Then::LoggedOut { revoked } => self.logged_out(conn, revoked, written),
             Then::GroupCreated { group, owner } => self.group_created(group, owner, written),
             Then::Membership(change) => self.membership_changed(change, written),
             Then::Invited { group, user, by } => self.invited(group, user, by, written),

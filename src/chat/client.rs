@@ -1,6 +1,5 @@
 //! The service's state for one connection, and its settings.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -16,10 +15,10 @@ use crate::store::UserId;
 pub struct Settings {
     /// Whether `register` is allowed.
     pub registration_open: bool,
-    /// Server admins by name.
-    pub admins: HashSet<String>,
     /// Secret for HS256 JWTs; `None` disables them.
     pub jwt_secret: Option<Vec<u8>>,
+    /// What a JWT must satisfy besides its signature.
+    pub jwt_rules: super::auth::JwtRules,
     /// Lifetime of session tokens.
     pub session_ttl: Duration,
     /// Commands per second per connection, sustained.
@@ -65,6 +64,12 @@ pub struct Identity {
     /// The session token's hash, when authenticated by a session (not a JWT); `logout`
     /// revokes it.
     pub token_hash: Option<[u8; 32]>,
+    /// When the credential stops being valid (ms since the epoch): the connection's
+    /// authentication ends then (see [`super::sessions`]).
+    pub expires_ms: i64,
+    /// Whether the account was a server admin when it authenticated. Checked again against the
+    /// store at each use, so that a revocation applies at once.
+    pub admin: bool,
 }
 
 /// The replies a connection is still owed (see [`super::held`]).

@@ -268,7 +268,9 @@ impl Service {
         let token = token.ok_or(DownloadRefusal::Unauthenticated)?;
         let user = match self.resolve_token(token, now) {
             Ok(super::accounts::Resolved::Known(identity)) => identity.id,
-            Ok(super::accounts::Resolved::NewJwtUser(_)) => return Err(DownloadRefusal::Forbidden),
+            Ok(super::accounts::Resolved::NewJwtUser(..)) => {
+                return Err(DownloadRefusal::Forbidden)
+            }
             Err(f) if f.code == ErrorCode::Unavailable => return Err(DownloadRefusal::Unavailable),
             Err(_) => return Err(DownloadRefusal::Unauthenticated),
         };

@@ -46,7 +46,9 @@ impl Service {
     pub(super) fn actor(&mut self, me: &Identity, group: &Group) -> Result<Actor, Failure> {
         Ok(Actor {
             role: self.role(group.id, me.id)?,
-            server_admin: self.settings.admins.contains(&me.name),
+            // Read again, so that the operator's revocation applies at once; only accounts that
+            // were admins when they authenticated pay for the read.
+            server_admin: me.admin && self.store.is_server_admin(me.id)?,
         })
     }
 

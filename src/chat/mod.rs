@@ -7,7 +7,8 @@
 //! 3. [`service`]: the [`Service`] type ([`client`]: its state per connection), its inputs (messages, the time, the workers' results)
 //!    and its one output, [`Effect`]s; the command table and the [`Outcome`] of every handler.
 //! 4. [`held`]: replies in request order, and closing after the replies owed.
-//! 5. The handlers by job: [`accounts`], [`presence`], [`groups`], [`messaging`], [`files`].
+//! 5. The handlers by job: [`accounts`], [`sessions`] (credentials on live connections),
+//!    [`presence`], [`groups`], [`messaging`], [`files`].
 //! 6. [`batch`]: the iteration's writes, committed off the loop, and what follows each;
 //!    [`retention`]: the prunes that join it.
 //! 7. [`directory`]: users, groups and roles remembered from the store.
@@ -32,6 +33,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod retention;
 pub mod service;
+pub mod sessions;
 pub mod upload;
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! | members           | public group: any user; private: members                       |
 //! | send, history     | members                                                        |
 //!
-//! A server admin (`--admin`) may do in any group what its owner may.
+//! A server admin (granted by the operator, `chatd admin grant`) may do in any group what its
+//! owner may.
 //!
 //! Each rule is a pure function of the actor's standing and the target's; [`check`] reads like
 //! the table. The service looks up the facts (roles, bans, invitations) and asks.
@@ -23,7 +24,7 @@ use crate::store::Role;
 pub struct Actor {
     /// The actor's role, if a member.
     pub role: Option<Role>,
-    /// Named by `--admin`.
+    /// A server admin (granted by the operator).
     pub server_admin: bool,
 }
 

@@ -14,7 +14,7 @@
 //! [`batch`](super::batch) (the writes of an iteration and their completion), [`files`](super::files),
 //! [`metrics`](super::metrics).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -173,6 +173,9 @@ pub struct Service {
     /// Users whose first connection authenticated (`true`) or last one left, in order;
     /// announced together by [`Service::flush_presence`].
     pub(super) presence_changes: Vec<(UserId, String, bool)>,
+    /// Authenticated connections by the moment their credential expires (ms since the epoch);
+    /// see [`super::sessions`].
+    pub(super) expiries: BTreeSet<(i64, ConnId)>,
     /// Messaging counters.
     pub metrics: ChatMetrics,
     /// Upload counters.
@@ -245,6 +248,7 @@ impl Service {
             members_cache: HashMap::new(),
             directory: Default::default(),
             presence_changes: Vec::new(),
+            expiries: BTreeSet::new(),
             metrics: ChatMetrics::default(),
             file_metrics: FileMetrics::default(),
         })
@@ -298,14 +302,16 @@ impl Service {
             self.upload_failed("disconnect");
         }
         if let Some(me) = client.identity {
+            self.forget_expiry(conn, &me);
             self.set_offline(conn, &me);
         }
     }
 
-    /// The end of the loop's iteration: presence changes are announced, and the iteration's
-    /// writes go to the store writer if it is free (otherwise they wait for the next
-    /// completion, gathering more).
+    /// The end of the loop's iteration: credentials that expired end their connections'
+    /// authentication, presence changes are announced, and the iteration's writes go to the
+    /// store writer if it is free (otherwise they wait for the next completion, gathering more).
     pub fn end_iteration(&mut self, now: Now) {
+        self.end_expired(now);
         if !self.presence_changes.is_empty() {
             self.flush_presence();
         }
@@ -377,10 +383,11 @@ impl Service {
         };
         match command {
             Command::Register { user, password } => self.register(conn, user, password, now),
-            Command::Login { .. } | Command::Auth { .. } => reply(fail(
+            Command::Login { .. } => reply(fail(
                 ErrorCode::Conflict,
                 "already authenticated; logout first",
             )),
+            Command::Auth { token, since } => self.reauth(&me, &token, since, now),
             Command::Logout => self.logout(conn, &me),
             Command::Whoami => reply(self.whoami(&me)),
             Command::Send {

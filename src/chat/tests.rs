@@ -2,7 +2,7 @@
 //! effects read back as frames. The test plays the loop: it applies batches to the store and
 //! answers password jobs when it chooses, so every interleaving is reproducible.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,18 @@ use super::service::{ConnId, Effect, Now, Service, Settings};
 use crate::store::{Batch, Committed, Store};
 use crate::ws::Opcode;
 
-const SECRET: &[u8] = b"test-secret";
+const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes";
 const START_MS: i64 = 1_767_225_600_000;
 
 fn settings() -> Settings {
     Settings {
         registration_open: true,
-        admins: HashSet::new(),
         jwt_secret: Some(SECRET.to_vec()),
+        jwt_rules: super::auth::JwtRules {
+            max_lifetime_ms: 86_400_000,
+            issuer: None,
+            audience: None,
+        },
         session_ttl: Duration::from_secs(3600),
         command_rate: 1000.0,
         command_burst: 1000.0,
@@ -894,4 +898,92 @@ fn a_replay_goes_out_in_steps_as_the_queue_drains() {
         ["ok", "recovered"],
         "the whoami reply after `recovered`"
     );
+}
+
+/// A JWT for `name` expiring `secs` after the test's start.
+fn jwt_for(name: &str, secs: i64) -> String {
+    super::auth::sign_jwt(&json!({"sub": name, "exp": START_MS / 1000 + secs}), SECRET)
+}
+
+/// Registers and logs `conn` in as `name`; the session token.
+fn login(l: &mut Loop, conn: ConnId, name: &str) -> String {
+    let password = format!("password-{name}");
+    let register = json!({"type": "register", "user": name, "password": password});
+    if l.svc.store.user(name).unwrap().is_none() {
+        l.ok(conn, register);
+    }
+    let reply = l.ok(
+        conn,
+        json!({"type": "login", "user": name, "password": password}),
+    );
+    reply["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn logout_ends_the_session_everywhere_it_is_held_and_expiry_ends_the_rest() {
+    let mut l = Loop::new(settings());
+    l.open(1);
+    let token = login(&mut l, 1, "alice");
+    l.open(2);
+    l.ok(2, json!({"type": "auth", "token": token}));
+    l.open(3);
+    login(&mut l, 3, "alice");
+
+    l.request(1, json!({"type": "logout"}));
+    l.settle();
+    assert!(l.events(1, "session_ended").is_empty(), "the ok tells it");
+    let ended = json!({"type": "session_ended", "reason": "logout"});
+    assert_eq!(l.events(2, "session_ended"), [ended]);
+    assert!(l.events(3, "session_ended").is_empty(), "another token");
+    assert_eq!(l.error(2, json!({"type": "whoami"})), "unauthenticated");
+    assert_eq!(l.svc.users_online(), 1);
+
+    // The third connection's session (an hour long) ends at its expiry, not a moment before.
+    let expires = START_MS + 3_600_000;
+    let wake = l.svc.next_expiry(l.now).expect("one session watched");
+    assert_eq!(wake - l.now.mono, Duration::from_secs(3600));
+    l.now.wall_ms = expires - 1;
+    l.end_iteration();
+    assert!(l.events(3, "session_ended").is_empty());
+    l.now.wall_ms = expires;
+    l.end_iteration();
+    let ended = json!({"type": "session_ended", "reason": "expired"});
+    assert_eq!(l.events(3, "session_ended"), [ended]);
+    assert_eq!(l.svc.users_online(), 0);
+    assert!(l.svc.next_expiry(l.now).is_none());
+}
+
+#[test]
+fn a_fresh_jwt_on_the_connection_moves_its_expiry_and_another_user_is_refused() {
+    let skew = super::auth::CLOCK_SKEW_MS;
+    let mut l = Loop::new(settings());
+    l.user(1, "bob");
+    l.ok(1, json!({"type": "group.create", "group": "g"}));
+    l.open(2);
+    l.ok(2, json!({"type": "auth", "token": jwt_for("alice", 60)}));
+    l.ok(2, json!({"type": "group.join", "group": "g"}));
+    l.take(1);
+    let reply = l.ok(2, json!({"type": "auth", "token": jwt_for("alice", 600)}));
+    assert_eq!(reply["user"], "alice");
+    assert!(l.events(1, "presence").is_empty(), "no flicker of presence");
+    l.now.wall_ms = START_MS + 60_000 + skew;
+    l.end_iteration();
+    assert!(l.events(2, "session_ended").is_empty());
+    let bobs = json!({"type": "auth", "token": jwt_for("bob", 600)});
+    assert_eq!(l.error(2, bobs), "conflict");
+    assert_eq!(l.ok(2, json!({"type": "whoami"}))["user"], "alice");
+
+    l.now.wall_ms = START_MS + 600_000 + skew;
+    l.end_iteration();
+    assert_eq!(l.events(2, "session_ended").len(), 1);
+    let offline = l.events(1, "presence");
+    assert_eq!(offline.len(), 1);
+    assert_eq!(
+        (&offline[0]["user"], &offline[0]["online"]),
+        (&json!("alice"), &json!(false))
+    );
+    assert_eq!(l.error(2, json!({"type": "whoami"})), "unauthenticated");
+    // It may authenticate again, as anyone.
+    l.ok(2, json!({"type": "auth", "token": jwt_for("bob", 7200)}));
+    assert_eq!(l.ok(2, json!({"type": "whoami"}))["user"], "bob");
 }

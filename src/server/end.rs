@@ -42,6 +42,8 @@ impl Server {
                 conn.on_timer(&mut Cx { cfg, metrics, now });
                 touch(conns, touched, k);
             }
+            // The wake-up is all: the service ends what expired at the end of the iteration.
+            TimerKey::Expiry => self.expiry_at = None,
             TimerKey::Accept => {
                 self.accept_paused = false;
                 self.accept_ready = true;

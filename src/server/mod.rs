@@ -11,7 +11,8 @@
 //!    through an inbox, routed to the echo, the broadcast or the chat service;
 //! 5. `Server::before_sleep`, the end of the iteration, in this order: run expired deadlines,
 //!    let the connections that left the open phase leave the service, let the service end its
-//!    iteration (presence announced, the batch handed to the store writer), apply the service's
+//!    iteration (expired credentials ended, presence announced, the batch handed to the store
+//!    writer), wake up for the service's next expiry, apply the service's
 //!    effects (replies and deliveries, each broadcast encoded once and shared), flush what the
 //!    sockets take, reap finished connections and reschedule deadlines.
 //!
@@ -71,6 +72,8 @@ pub struct Server {
     local_addr: SocketAddr,
     conns: Slab<Conn>,
     timers: Timers,
+    /// The chat service's next credential expiry, as scheduled in `timers`.
+    expiry_at: Option<Instant>,
     cfg: Config,
     metrics: Metrics,
     /// The chat service, for `/ws` connections.
@@ -144,6 +147,7 @@ impl Server {
             local_addr,
             conns: Slab::new(),
             timers: Timers::default(),
+            expiry_at: None,
             cfg,
             metrics: Metrics::default(),
             chat,
@@ -279,8 +283,25 @@ impl Server {
         self.run_timers(now.mono);
         self.leave_chat();
         self.chat.end_iteration(now);
+        self.schedule_expiry(now);
         self.apply_effects(now);
         self.flush_and_reap(now.mono);
+    }
+
+    /// Keeps one entry in the timer set no later than the chat service's next credential
+    /// expiry. Lazy like the connections' entries: an entry earlier than needed only wakes the
+    /// loop once for nothing.
+    fn schedule_expiry(&mut self, now: Now) {
+        let Some(want) = self.chat.next_expiry(now) else {
+            return;
+        };
+        if self.expiry_at.is_some_and(|at| at <= want) {
+            return;
+        }
+        if let Some(at) = self.expiry_at.replace(want) {
+            self.timers.cancel(at, TimerKey::Expiry);
+        }
+        self.timers.schedule(want, TimerKey::Expiry);
     }
 
     fn can_accept(&self) -> bool {

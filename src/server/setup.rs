@@ -7,6 +7,7 @@ use std::sync::Arc;
 use log::{info, warn};
 use mio::Waker;
 
+use crate::chat::auth::JwtRules;
 use crate::chat::hasher::Cost;
 use crate::chat::ratelimit::{Rate, UserRates};
 use crate::chat::{Service, Settings};
@@ -24,6 +25,7 @@ pub(super) fn open_store(cfg: &Config, waker: Arc<Waker>) -> io::Result<(Service
         Ok(_) => {}
         Err(e) => warn!("expired sessions not removed: {e}"),
     }
+    announce_admins(cfg, &reads);
     let writes = Store::open(&cfg.data_dir)
         .and_then(|s| s.set_synchronous(cfg.sync == SyncMode::Full).map(|()| s))
         .map_err(in_dir)?;
@@ -55,8 +57,12 @@ fn user_rates(cfg: &Config) -> UserRates {
 pub(super) fn settings(cfg: &Config) -> Settings {
     Settings {
         registration_open: cfg.registration == Registration::Open,
-        admins: cfg.admins.iter().cloned().collect(),
         jwt_secret: cfg.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        jwt_rules: JwtRules {
+            max_lifetime_ms: i64::try_from(cfg.jwt_max_lifetime.as_millis()).unwrap_or(i64::MAX),
+            issuer: cfg.jwt_issuer.clone(),
+            audience: cfg.jwt_audience.clone(),
+        },
         session_ttl: cfg.session_ttl,
         command_rate: cfg.command_rate,
         command_burst: cfg.command_burst,
@@ -73,5 +79,22 @@ pub(super) fn settings(cfg: &Config) -> Settings {
         min_free_disk: cfg.min_free_disk,
         message_retention: cfg.message_retention,
         file_retention: cfg.file_retention,
+    }
+}
+
+/// Names the server admins at start, and says that `--admin` grants nothing any more: whoever
+/// registered such a name first would have become an admin.
+fn announce_admins(cfg: &Config, store: &Store) {
+    if !cfg.admins.is_empty() {
+        warn!(
+            "--admin {} ignored: server admins are granted to existing accounts with `chatd admin grant NAME --data-dir {}`",
+            cfg.admins.join(","),
+            cfg.data_dir.display()
+        );
+    }
+    match store.server_admins() {
+        Ok(names) if names.is_empty() => info!("no server admins"),
+        Ok(names) => info!("server admins: {}", names.join(", ")),
+        Err(e) => warn!("server admins not read: {e}"),
     }
 }

@@ -8,6 +8,7 @@
 //! connection (`write`, `writer`). A server-grade backend for several nodes would implement
 //! the same two halves. Every query binds its parameters; statements are cached by rusqlite.
 
+mod admins;
 mod messages;
 mod prune;
 mod read;

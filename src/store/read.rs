@@ -24,18 +24,25 @@ impl Store {
 
     /// The user of a session that has not expired at `now_ms`.
     pub fn session_user(&self, token_hash: &[u8], now_ms: i64) -> Result<Option<User>> {
+        Ok(self.session(token_hash, now_ms)?.map(|(user, _)| user))
+    }
+
+    /// The user of a session that has not expired at `now_ms`, and when it expires.
+    pub fn session(&self, token_hash: &[u8], now_ms: i64) -> Result<Option<(User, i64)>> {
         Ok(self
             .db
             .prepare_cached(
-                "SELECT u.id, u.name, u.password FROM sessions s JOIN users u ON u.id = s.user_id
+                "SELECT u.id, u.name, u.password, s.expires_ms
+                 FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.token_hash = ?1 AND s.expires_ms > ?2",
             )?
             .query_row(params![token_hash, now_ms], |r| {
-                Ok(User {
+                let user = User {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     password: r.get(2)?,
-                })
+                };
+                Ok((user, r.get(3)?))
             })
             .optional()?)
     }

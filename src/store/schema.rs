@@ -95,6 +95,12 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE files ADD COLUMN owner INTEGER;
     UPDATE files SET owner = (SELECT sender FROM messages WHERE messages.id = files.msg_id);
     CREATE INDEX files_by_owner ON files(owner, size);",
+    // 6: server admins, granted by the operator (`chatd admin grant`) to existing accounts, never
+    // by a name in the configuration (whoever registered it first would hold it).
+    "CREATE TABLE server_admins (
+        user_id     INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        granted_ms  INTEGER NOT NULL
+    );",
 ];
 
 /// Brings the database up to the latest version, one transaction per step.

@@ -338,3 +338,16 @@ pub fn session(server: &Server, token: &str) -> Client {
     c.ok(json!({"type": "auth", "token": token}));
     c
 }
+
+/// Runs an operator command (`chatd admin ...`) on `dir`, beside any server running on it, and
+/// returns what it printed and how it exited.
+pub fn operator(dir: &DataDir, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"));
+    cmd.args(args).arg("--data-dir").arg(dir.path());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CHATD_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.output().expect("run chatd")
+}

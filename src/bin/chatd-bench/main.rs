@@ -38,7 +38,11 @@ pub struct Args {
     #[arg(long, global = true)]
     pub raw: bool,
     /// HS256 secret the server was started with (`--jwt-secret`), for chat scenarios.
-    #[arg(long, default_value = "bench-secret", global = true)]
+    #[arg(
+        long,
+        default_value = "bench-secret-of-32-bytes-or-longer",
+        global = true
+    )]
     pub jwt_secret: String,
     /// What to run.
     #[command(subcommand)]
