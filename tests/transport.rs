@@ -26,10 +26,15 @@ fn answer(args: &[&str], request: &[u8]) -> HttpResponse {
 }
 
 /// Every plain answer says `Connection: close` (the server has closed by the time `http`
-/// returns) and carries a body as long as its Content-Length.
+/// returns; a 426 also names `Upgrade` there) and carries a body as long as its Content-Length.
 fn assert_plain(r: &HttpResponse, status: u16) {
     assert_eq!(r.status, status, "{}", r.text());
-    assert_eq!(r.header("Connection"), Some("close"), "{}", r.text());
+    let connection = r.header("Connection").unwrap_or_default();
+    assert!(
+        connection.split(',').any(|t| t.trim() == "close"),
+        "{}",
+        r.text()
+    );
     let len: usize = r
         .header("Content-Length")
         .expect("Content-Length")
@@ -110,6 +115,52 @@ fn wrong_version_gets_426_naming_version_13() {
         Some(1.0),
         "{text}"
     );
+}
+
+#[test]
+fn repeated_key_version_or_host_gets_400() {
+    let server = echo_server();
+    let cases = [
+        ("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA=="),
+        ("Sec-WebSocket-Key", SAMPLE_KEY),
+        ("Sec-WebSocket-Version", "13"),
+        ("Host", "elsewhere.example"),
+    ];
+    for (name, value) in cases {
+        let r = server.http(&UpgradeRequest::new("/echo").add(name, value).to_bytes());
+        assert_plain(&r, 400);
+        assert!(
+            r.body_text().contains(&format!("{name} must appear once")),
+            "{}",
+            r.text()
+        );
+    }
+    let text = server.metrics();
+    assert_eq!(
+        metric_value(&text, "chatd_handshake_failures_total{status=\"400\"}"),
+        Some(4.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn plain_get_on_websocket_paths_gets_426_naming_websocket() {
+    let server = echo_server();
+    for path in ["/ws", "/echo", "/broadcast"] {
+        let r = server.request("GET", path);
+        assert_plain(&r, 426);
+        assert_eq!(r.header("Upgrade"), Some("websocket"), "{}", r.text());
+        let connection = r.header("Connection").unwrap().to_ascii_lowercase();
+        assert!(connection.contains("upgrade"), "{}", r.text());
+        assert!(r.body_text().contains("WebSocket endpoint"), "{}", r.text());
+        let head = server.request("HEAD", path);
+        assert_eq!(head.status, 426, "{}", head.text());
+        assert!(head.body.is_empty());
+    }
+    // Without --echo only /ws is a WebSocket path.
+    let chat_only = Server::start(&[]);
+    assert_eq!(chat_only.request("GET", "/ws").status, 426);
+    assert_plain(&chat_only.request("GET", "/echo"), 404);
 }
 
 #[test]
