@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::ws::frame;
+
 /// chatd: a single-threaded WebSocket instant-messaging server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chatd", version, about, args_override_self = true)]
@@ -189,9 +191,21 @@ pub struct Config {
 
     /// Outgoing bytes a connection may have queued (not yet taken by its socket). A peer that
     /// reads too slowly to stay under it is closed with 1008 and counted in
-    /// `chatd_backpressure_closes_total`.
-    #[arg(long, env = "CHATD_MAX_QUEUED_BYTES", default_value_t = 16 << 20)]
-    pub max_queued_bytes: usize,
+    /// `chatd_backpressure_closes_total`. Defaults to 16 MiB, or to room for two of the largest
+    /// messages with their frame headers if that is more; at least one is required.
+    #[arg(long, env = "CHATD_MAX_QUEUED_BYTES")]
+    pub max_queued_bytes: Option<usize>,
+
+    /// A connection with output queued that its socket takes none of for this long (a peer
+    /// that stopped reading) is dropped and counted in `chatd_stalled_closes_total`.
+    #[arg(long, env = "CHATD_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+
+    /// Least average speed of a file download, in bytes per second since its response began,
+    /// after a head start of the stall timeout; a slower download is dropped and counted in
+    /// `chatd_slow_download_closes_total`. 0: no minimum.
+    #[arg(long, env = "CHATD_DOWNLOAD_MIN_RATE", default_value_t = 1024)]
+    pub download_min_rate: u64,
 
     /// Most simultaneous connections; the surplus is answered `503` and closed. Defaults to
     /// what the open-file limit allows, less a reserve for the server's own files.
@@ -294,7 +308,23 @@ impl Default for Config {
     }
 }
 
+/// The outgoing queue cap unless the message size asks for more.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 << 20;
+
 impl Config {
+    /// The outgoing queue cap in force: the flag, or by default 16 MiB or two of the largest
+    /// frames, whichever is more (one being written while the next waits behind it).
+    pub fn queue_limit(&self) -> usize {
+        self.max_queued_bytes
+            .unwrap_or_else(|| DEFAULT_MAX_QUEUED_BYTES.max(self.largest_frame().saturating_mul(2)))
+    }
+
+    /// The largest frame the server may have to queue: the echo of the largest message, which
+    /// goes out as one unmasked frame, header included.
+    pub fn largest_frame(&self) -> usize {
+        frame::header_len(self.max_message_size, false).saturating_add(self.max_message_size)
+    }
+
     /// The frame size limit in force.
     pub fn frame_limit(&self) -> usize {
         self.max_frame_size
@@ -336,11 +366,16 @@ impl Config {
         if self.jwt_max_lifetime.is_zero() {
             return Err("--jwt-max-lifetime must be above zero".into());
         }
-        if self.max_queued_bytes < self.max_message_size {
+        if self.queue_limit() < self.largest_frame() {
             return Err(format!(
-                "--max-queued-bytes ({}) must be at least --max-message-size ({}), or an echo of the largest message could never be queued",
-                self.max_queued_bytes, self.max_message_size
+                "--max-queued-bytes ({}) must be at least {} (--max-message-size {} and its frame header), or an echo of the largest message could never be queued",
+                self.queue_limit(),
+                self.largest_frame(),
+                self.max_message_size
             ));
+        }
+        if self.stall_timeout.is_zero() {
+            return Err("--stall-timeout must be above zero, or any socket that is full for a moment would end its connection".into());
         }
         Ok(())
     }
@@ -430,6 +465,38 @@ mod tests {
             Some(Command::Admin(AdminCommand::Grant { name })) if name == "root"
         ));
         assert!(Config::default().command.is_none());
+    }
+
+    #[test]
+    fn queue_cap_follows_the_message_size() {
+        assert_eq!(Config::default().queue_limit(), 16 << 20);
+        let big = Config::parse_from(["chatd", "--max-message-size", "16777216"]);
+        assert_eq!(big.largest_frame(), (16 << 20) + 10);
+        assert_eq!(big.queue_limit(), 2 * ((16 << 20) + 10));
+        assert!(big.validate().is_ok());
+        // Room for the message but not its 10-byte header: refused.
+        let tight = Config::parse_from([
+            "chatd",
+            "--max-message-size",
+            "16777216",
+            "--max-queued-bytes",
+            "16777225",
+        ]);
+        assert!(tight.validate().unwrap_err().contains("16777226"));
+        let exact = Config::parse_from([
+            "chatd",
+            "--max-message-size",
+            "16777216",
+            "--max-queued-bytes",
+            "16777226",
+        ]);
+        assert!(exact.validate().is_ok());
+    }
+
+    #[test]
+    fn zero_stall_timeout_is_refused() {
+        let c = Config::parse_from(["chatd", "--stall-timeout", "0"]);
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -30,11 +30,15 @@ pub enum CloseReason {
     AuthTimeout,
     /// Closed for abuse, such as going on past the rate limit (1008).
     Policy,
+    /// Output queued and none of it taken by the socket for the stall timeout: dropped.
+    Stalled,
+    /// A download slower than the minimum rate: dropped.
+    SlowDownload,
 }
 
 impl CloseReason {
     /// Every reason, in the order of the metric's lines.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::Normal,
         CloseReason::PeerGone,
         CloseReason::IoError,
@@ -47,6 +51,8 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::AuthTimeout,
         CloseReason::Policy,
+        CloseReason::Stalled,
+        CloseReason::SlowDownload,
     ];
 
     /// The label value.
@@ -64,6 +70,8 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::AuthTimeout => "auth_timeout",
             CloseReason::Policy => "policy",
+            CloseReason::Stalled => "stalled",
+            CloseReason::SlowDownload => "slow_download",
         }
     }
 
@@ -99,6 +107,11 @@ pub struct Metrics {
     pub messages_in: u64,
     /// Connections closed with 1008 for going over `--max-queued-bytes`.
     pub backpressure_closes: u64,
+    /// Connections dropped because their socket took none of their output for
+    /// `--stall-timeout`.
+    pub stalled_closes: u64,
+    /// Downloads dropped for averaging less than `--download-min-rate`.
+    pub slow_download_closes: u64,
     /// Refused handshakes and plain requests, by HTTP status.
     pub handshake_failures: BTreeMap<u16, u64>,
     /// Pings sent by the heartbeat.
@@ -228,6 +241,18 @@ impl Metrics {
             "counter",
             "Connections closed (1008) over the outgoing queue cap.",
             self.backpressure_closes,
+        );
+        one(
+            "chatd_stalled_closes_total",
+            "counter",
+            "Connections dropped after their socket took no queued output for the stall timeout.",
+            self.stalled_closes,
+        );
+        one(
+            "chatd_slow_download_closes_total",
+            "counter",
+            "Downloads dropped for averaging less than the minimum download rate.",
+            self.slow_download_closes,
         );
         one(
             "chatd_pings_sent_total",

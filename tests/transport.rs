@@ -26,10 +26,15 @@ fn answer(args: &[&str], request: &[u8]) -> HttpResponse {
 }
 
 /// Every plain answer says `Connection: close` (the server has closed by the time `http`
-/// returns) and carries a body as long as its Content-Length.
+/// returns; a 426 also names `Upgrade` there) and carries a body as long as its Content-Length.
 fn assert_plain(r: &HttpResponse, status: u16) {
     assert_eq!(r.status, status, "{}", r.text());
-    assert_eq!(r.header("Connection"), Some("close"), "{}", r.text());
+    let connection = r.header("Connection").unwrap_or_default();
+    assert!(
+        connection.split(',').any(|t| t.trim() == "close"),
+        "{}",
+        r.text()
+    );
     let len: usize = r
         .header("Content-Length")
         .expect("Content-Length")
@@ -110,6 +115,52 @@ fn wrong_version_gets_426_naming_version_13() {
         Some(1.0),
         "{text}"
     );
+}
+
+#[test]
+fn repeated_key_version_or_host_gets_400() {
+    let server = echo_server();
+    let cases = [
+        ("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA=="),
+        ("Sec-WebSocket-Key", SAMPLE_KEY),
+        ("Sec-WebSocket-Version", "13"),
+        ("Host", "elsewhere.example"),
+    ];
+    for (name, value) in cases {
+        let r = server.http(&UpgradeRequest::new("/echo").add(name, value).to_bytes());
+        assert_plain(&r, 400);
+        assert!(
+            r.body_text().contains(&format!("{name} must appear once")),
+            "{}",
+            r.text()
+        );
+    }
+    let text = server.metrics();
+    assert_eq!(
+        metric_value(&text, "chatd_handshake_failures_total{status=\"400\"}"),
+        Some(4.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn plain_get_on_websocket_paths_gets_426_naming_websocket() {
+    let server = echo_server();
+    for path in ["/ws", "/echo", "/broadcast"] {
+        let r = server.request("GET", path);
+        assert_plain(&r, 426);
+        assert_eq!(r.header("Upgrade"), Some("websocket"), "{}", r.text());
+        let connection = r.header("Connection").unwrap().to_ascii_lowercase();
+        assert!(connection.contains("upgrade"), "{}", r.text());
+        assert!(r.body_text().contains("WebSocket endpoint"), "{}", r.text());
+        let head = server.request("HEAD", path);
+        assert_eq!(head.status, 426, "{}", head.text());
+        assert!(head.body.is_empty());
+    }
+    // Without --echo only /ws is a WebSocket path.
+    let chat_only = Server::start(&[]);
+    assert_eq!(chat_only.request("GET", "/ws").status, 426);
+    assert_plain(&chat_only.request("GET", "/echo"), 404);
 }
 
 #[test]
@@ -388,6 +439,71 @@ fn echo_large_message_below_the_limit() {
         }
         other => panic!("expected binary, got {other:?}"),
     }
+}
+
+#[test]
+fn a_sixteen_mib_message_is_echoed_with_only_the_message_size_raised() {
+    // As Autobahn 9.1.6 and 9.2.6 are run: the queue cap follows the message size, with room
+    // for the echo's frame header.
+    let server = Server::start(&["--echo", "--max-message-size", "16777216"]);
+    let mut s = server.raw_ws("/echo");
+    set_timeouts(&s, Duration::from_secs(20));
+    let payload: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    s.write_all(&masked(OP_BINARY, &payload)).unwrap();
+    let back = read_frame(&mut s).unwrap();
+    assert_eq!(
+        back.opcode,
+        OP_BINARY,
+        "expected the echo, got opcode {} ({})",
+        back.opcode,
+        back.close_reason()
+    );
+    assert!(back.payload == payload, "payload changed in the echo");
+    let text = server.metrics();
+    assert_eq!(
+        metric_value(&text, "chatd_backpressure_closes_total"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_queue_cap_without_room_for_the_frame_header_is_refused_at_start() {
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("chatd-refused-{}", std::process::id()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CHATD_") {
+            cmd.env_remove(name);
+        }
+    }
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .args(["--max-message-size", "16777216"])
+        .args(["--max-queued-bytes", "16777216"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("chatd started with a queue cap that cannot hold the largest echo");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-queued-bytes"), "{stderr}");
+    assert!(stderr.contains("16777226"), "{stderr}");
 }
 
 #[test]

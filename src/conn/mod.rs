@@ -49,6 +49,15 @@ struct Body {
     remaining: u64,
 }
 
+/// A file response under way, measured for the minimum download rate.
+#[derive(Debug, Clone, Copy)]
+struct Download {
+    /// When the response was queued.
+    since: Instant,
+    /// Bytes of it (head included) the socket has taken.
+    sent: u64,
+}
+
 /// A connection whose own outgoing queue is above this stops being read until the queue drains,
 /// so a client that sends faster than it reads (an echo flood) slows down instead of hitting the
 /// queue cap.
@@ -184,10 +193,14 @@ pub struct Conn {
     peer_eof: bool,
     /// A file response still being read from disk.
     body: Option<Body>,
-    /// This connection answered with a file: its lingering waits for the socket, not the clock.
-    download: bool,
-    /// Last time the socket took bytes.
-    last_write: Instant,
+    /// This connection answered with a file: its lingering waits for the socket (as long as
+    /// the download keeps its rate), not the clock.
+    download: Option<Download>,
+    /// Since when the socket has taken none of the queued output: the last time it took bytes,
+    /// or the flush that found output queued after the previous one had left none.
+    waiting_since: Instant,
+    /// Output (or a file body) was left for the socket by the last flush.
+    owed: bool,
     /// The deadline this connection has in the server's timer set, if any.
     pub timer_at: Option<Instant>,
     /// Already in the server's list of connections to finish this iteration.
@@ -227,8 +240,9 @@ impl Conn {
             write_shut: false,
             peer_eof: false,
             body: None,
-            download: false,
-            last_write: now,
+            download: None,
+            waiting_since: now,
+            owed: false,
             timer_at: None,
             touched: false,
             write_interest: false,
@@ -366,7 +380,16 @@ impl Conn {
         let placeholder = closed(CloseReason::IoError, false);
         let phase = std::mem::replace(&mut self.phase, placeholder);
         self.phase = match (phase, step) {
-            // A finished connection stays finished, except that a lingering one can end early.
+            // A finished connection stays finished, except that a lingering one can end early:
+            // a download whose reader stopped keeping up says so, anything else keeps its reason.
+            (
+                Phase::Closed { since, .. },
+                Step::Gone(reason @ (CloseReason::Stalled | CloseReason::SlowDownload)),
+            ) => Phase::Closed {
+                reason,
+                since,
+                linger: false,
+            },
             (Phase::Closed { reason, since, .. }, Step::Gone(_)) => Phase::Closed {
                 reason,
                 since,

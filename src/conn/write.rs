@@ -21,7 +21,10 @@ impl Conn {
         cx: &mut Cx,
     ) {
         self.output.push(head.into_bytes());
-        self.download = true;
+        self.download = Some(Download {
+            since: cx.now,
+            sent: 0,
+        });
         if !head_only && len > 0 {
             self.body = Some(Body {
                 file,
@@ -98,7 +101,7 @@ impl Conn {
         if !self.is_open() {
             return Sent::Dropped;
         }
-        if self.output.queued() + len > cx.cfg.max_queued_bytes {
+        if self.output.queued() + len > cx.cfg.queue_limit() {
             cx.metrics.backpressure_closes += 1;
             debug!(
                 "{}: {} bytes queued, over the cap: closing",
@@ -114,9 +117,14 @@ impl Conn {
         Sent::Queued
     }
 
-    /// Writes as much queued output as the socket takes. A lingering connection whose output
-    /// is all out shuts its side of TCP.
+    /// Writes as much queued output as the socket takes, and notes when it last took some (for
+    /// the stall timeout and the download rate). A lingering connection whose output is all out
+    /// shuts its side of TCP.
     pub fn flush(&mut self, cx: &mut Cx, cork: &mut [u8]) {
+        if !self.owed {
+            // The last flush left nothing: whatever waits now was queued since.
+            self.waiting_since = cx.now;
+        }
         loop {
             self.refill_body(cx);
             if !self.writable || self.output.is_empty() {
@@ -129,7 +137,10 @@ impl Conn {
                 Io::Progress(n) => {
                     cx.metrics.bytes_out += n as u64;
                     self.output.advance(n);
-                    self.last_write = cx.now;
+                    self.waiting_since = cx.now;
+                    if let Some(download) = &mut self.download {
+                        download.sent += n as u64;
+                    }
                 }
                 Io::WouldBlock => self.writable = false,
                 Io::Closed => {
@@ -146,6 +157,7 @@ impl Conn {
             }
         }
         self.finish_linger(cx);
+        self.owed = !self.output.is_empty() || self.body.is_some();
     }
 
     /// A lingering connection whose output is all out shuts its side of TCP, and is done once

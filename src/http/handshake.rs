@@ -26,6 +26,34 @@ pub fn accept_key(key: &str) -> String {
     BASE64.encode(sha.finalize())
 }
 
+/// Fields an upgrade request must not repeat, with the rule for each:
+/// - `Sec-WebSocket-Key`: RFC 6455 11.3.1, "The |Sec-WebSocket-Key| header field MUST NOT
+///   appear more than once in an HTTP request."
+/// - `Sec-WebSocket-Version`: a request names the one version it speaks (4.1, item 9); of two,
+///   which would the server answer?
+/// - `Host`: RFC 9112 3.2, a server "MUST respond with a 400 (Bad Request) status code [...] to
+///   any request message that contains more than one Host header field line".
+const SINGLE_FIELDS: [&str; 3] = ["Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version"];
+
+/// The first field of [`SINGLE_FIELDS`] that the request repeats.
+fn repeated_field(req: &Request) -> Option<&'static str> {
+    SINGLE_FIELDS
+        .into_iter()
+        .find(|name| req.header_count(name) > 1)
+}
+
+/// The answer to a plain request (no `Upgrade: websocket`) on a WebSocket path: `426 Upgrade
+/// Required` naming the protocol, as RFC 9110 15.5.22 asks ("The server MUST send an Upgrade
+/// header field in a 426 response to indicate the required protocol(s)"), and a body that tells
+/// a person who opened the address in a browser what it is.
+pub fn upgrade_required() -> Response {
+    Response::text(
+        426,
+        "This is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket).",
+    )
+    .with_header("Upgrade", "websocket")
+}
+
 /// Checks an upgrade request against RFC 6455 4.2.1 and the origin allow-list.
 ///
 /// `Ok` holds the `101 Switching Protocols` response bytes; `Err` the refusal to send instead.
@@ -36,6 +64,9 @@ pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Vec<u8>, Respo
     }
     if req.version < 1 {
         return Err(Response::text(400, "WebSocket needs HTTP/1.1"));
+    }
+    if let Some(name) = repeated_field(req) {
+        return Err(Response::text(400, &format!("{name} must appear once")));
     }
     // (2): "A |Host| header field containing the server's authority."
     if req.header("host").is_none_or(str::is_empty) {
@@ -53,7 +84,9 @@ pub fn check(req: &Request, allowed_origins: &[String]) -> Result<Vec<u8>, Respo
     // (6): "A |Sec-WebSocket-Version| header field, with a value of 13." 4.4: otherwise answer
     // with the versions we speak.
     if req.header("sec-websocket-version") != Some("13") {
-        return Err(Response::status(426).with_header("Sec-WebSocket-Version", "13"));
+        return Err(Response::status(426)
+            .with_header("Upgrade", "websocket")
+            .with_header("Sec-WebSocket-Version", "13"));
     }
     // (5): "A |Sec-WebSocket-Key| header field with a base64-encoded value that, when decoded,
     // is 16 bytes in length."
@@ -172,6 +205,33 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(status(check(&request(&raw), &[])), want, "{raw}");
         }
+    }
+
+    #[test]
+    fn repeated_single_fields_are_refused() {
+        let key2 = "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n";
+        for extra in [
+            key2,
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "sec-websocket-version: 13\r\n",
+            "Host: other.example\r\n",
+        ] {
+            let err = check(&request(&upgrade(extra)), &[]).unwrap_err();
+            assert_eq!(err.status, 400, "{extra}");
+            assert!(String::from_utf8_lossy(&err.body).contains("must appear once"));
+        }
+        // Fields that are lists may repeat.
+        let raw = upgrade(
+            "Connection: keep-alive\r\nSec-WebSocket-Protocol: a\r\nSec-WebSocket-Protocol: b\r\n",
+        );
+        assert_eq!(status(check(&request(&raw), &[])), 101);
+    }
+
+    #[test]
+    fn upgrade_required_names_websocket() {
+        let r = upgrade_required();
+        assert_eq!(r.status, 426);
+        assert!(r.headers.contains(&("Upgrade", "websocket".to_string())));
     }
 
     #[test]

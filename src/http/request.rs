@@ -34,6 +34,14 @@ impl Request {
             .map(str::trim)
     }
 
+    /// How many fields of this name the head has (case-insensitive).
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+
     /// Whether a comma-separated header (such as `Connection`) holds `token`, case-insensitively,
     /// looking at every field of that name.
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
@@ -121,6 +129,8 @@ mod tests {
                 assert_eq!(req.query.as_deref(), Some("token=abc"));
                 assert_eq!(req.version, 1);
                 assert_eq!(req.header("host"), Some("x"));
+                assert_eq!(req.header_count("HOST"), 1);
+                assert_eq!(req.header_count("upgrade"), 0);
                 assert!(req.header_has_token("connection", "upgrade"));
                 assert!(!req.header_has_token("connection", "close"));
             }

@@ -38,8 +38,15 @@ impl Response {
     /// The bytes on the wire. The server closes after every plain response, and says so.
     /// A `HEAD` request gets the same head without the body (RFC 9110 9.3.2).
     pub fn encode(&self, head_only: bool) -> Vec<u8> {
+        // RFC 9110 7.8: "A sender of Upgrade MUST also send an "Upgrade" connection option in
+        // the Connection header field".
+        let connection = if self.headers.iter().any(|(n, _)| *n == "Upgrade") {
+            "Upgrade, close"
+        } else {
+            "close"
+        };
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nServer: chatd\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "HTTP/1.1 {} {}\r\nServer: chatd\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
             self.status,
             reason(self.status),
             self.content_type,
@@ -108,5 +115,9 @@ mod tests {
         let r = Response::status(426).with_header("Sec-WebSocket-Version", "13");
         let text = String::from_utf8(r.encode(false)).unwrap();
         assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+        assert!(text.contains("\r\nConnection: close\r\n"));
+        let text = String::from_utf8(r.with_header("Upgrade", "websocket").encode(false)).unwrap();
+        assert!(text.contains("\r\nConnection: Upgrade, close\r\n"));
+        assert!(text.contains("\r\nUpgrade: websocket\r\n"));
     }
 }

@@ -15,19 +15,17 @@ impl Server {
     pub(super) fn route(&mut self, key: usize, req: Request, now: Now) {
         let head_only = req.method == "HEAD";
         let answer = if handshake::is_upgrade(&req) {
-            let route = match req.path.as_str() {
-                "/ws" => Some(Route::Chat),
-                "/echo" if self.cfg.echo => Some(Route::Echo),
-                "/broadcast" if self.cfg.echo => Some(Route::Broadcast),
-                _ => None,
-            };
-            match route {
+            match self.websocket_route(&req.path) {
                 Some(route) => {
                     handshake::check(&req, &self.cfg.allowed_origins).map(|resp| (resp, route))
                 }
                 None => Err(Response::status(404)),
             }
             .inspect_err(|r| self.metrics.handshake_failed(r.status))
+        } else if self.websocket_route(&req.path).is_some() && (req.method == "GET" || head_only) {
+            // A browser pointed at the WebSocket address (HEAD gets the same head).
+            self.metrics.handshake_failed(426);
+            Err(handshake::upgrade_required())
         } else if let Some(file_id) = req.path.strip_prefix("/files/") {
             let file_id = file_id.to_string();
             return self.download(key, &req, &file_id, now);
@@ -57,6 +55,16 @@ impl Server {
             Route::Chat => self.chat.open(key, ip, now),
             Route::Broadcast => self.broadcast_members.push(key),
             Route::Echo => {}
+        }
+    }
+
+    /// The WebSocket route served at `path`, if any.
+    fn websocket_route(&self, path: &str) -> Option<Route> {
+        match path {
+            "/ws" => Some(Route::Chat),
+            "/echo" if self.cfg.echo => Some(Route::Echo),
+            "/broadcast" if self.cfg.echo => Some(Route::Broadcast),
+            _ => None,
         }
     }
 
