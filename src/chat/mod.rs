@@ -7,7 +7,7 @@
 //! 3. [`service`]: the [`Service`] type ([`client`]: its state per connection), its inputs (messages, the time, the workers' results)
 //!    and its one output, [`Effect`]s; the command table and the [`Outcome`] of every handler.
 //! 4. [`held`]: replies in request order, and closing after the replies owed.
-//! 5. The handlers by job: [`accounts`], [`presence`], [`groups`], [`messaging`], [`files`].
+//! 5. The handlers by job: [`accounts`] (with [`login_guard`]), [`presence`], [`groups`], [`messaging`], [`files`].
 //! 6. [`batch`]: the iteration's writes, committed off the loop, and what follows each.
 //! 7. [`directory`]: users, groups and roles remembered from the store.
 //! 8. [`metrics`]; the workers the loop runs for the service: [`hasher`] (passwords) and
@@ -22,6 +22,7 @@ pub mod files;
 pub mod groups;
 pub mod hasher;
 pub mod held;
+pub mod login_guard;
 pub mod messaging;
 pub mod metrics;
 pub mod names;

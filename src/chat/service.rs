@@ -26,6 +26,7 @@ use super::batch::{Batch, Then};
 pub use super::client::{Client, Identity, Owed, Settings};
 use super::hasher::Work;
 use super::held::Inbound;
+use super::login_guard::LoginGuard;
 use super::metrics::{ChatMetrics, FileMetrics};
 use super::protocol::{self, Command, ErrorCode, Failure};
 use super::ratelimit::{Act, Bucket, PerUser};
@@ -127,7 +128,9 @@ pub enum Waiting {
     },
     /// `login` as this user (`None`: unknown, checked against a dummy hash all the same).
     Login {
-        /// The user.
+        /// The name asked for.
+        name: String,
+        /// The user (`None`: unknown, checked against a dummy hash all the same).
         user: Option<User>,
         /// Recovery asked for.
         since: Option<i64>,
@@ -147,6 +150,8 @@ pub struct Service {
     pub(super) stored_bytes: HashMap<UserId, u64>,
     /// What each user may still do, across its connections.
     pub(super) per_user: PerUser,
+    /// Failed logins per account, and per account and address.
+    pub(super) login_guard: LoginGuard,
     /// Password jobs out, by ticket.
     pub(super) password_jobs: HashMap<u64, (ConnId, Option<Value>, Waiting)>,
     pub(super) next_ticket: u64,
@@ -228,6 +233,7 @@ impl Service {
             online: HashMap::new(),
             login_buckets: HashMap::new(),
             stored_bytes: HashMap::new(),
+            login_guard: LoginGuard::default(),
             password_jobs: HashMap::new(),
             next_ticket: 1,
             next_serial: 1,
