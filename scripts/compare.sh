@@ -12,6 +12,9 @@
 #        ROUNDS (default 1; each round runs every server once, interleaved, and the table shows
 #        medians)
 set -euo pipefail
+# The load tool opens every connection from 127.0.0.1 and many per user: no per-address or
+# per-user connection caps (set through the environment, which older builds ignore).
+export CHATD_MAX_CONNECTIONS_PER_ADDRESS=0 CHATD_MAX_CONNECTIONS_PER_USER=0
 cd "$(dirname "$0")/.."
 OUT=${1:-$(mktemp --suffix=.jsonl)}
 DURATION=${DURATION:-10s}

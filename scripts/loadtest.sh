@@ -6,6 +6,9 @@
 # env:   DURATION (default 10s)  GROUP_SIZES (default "10 100 1000")  IDLE (default "1000 10000")
 #        The server runs on core 0 and the load tool on core 1 when `taskset` exists.
 set -euo pipefail
+# The load tool opens every connection from 127.0.0.1 and many per user: no per-address or
+# per-user connection caps (set through the environment, which older builds ignore).
+export CHATD_MAX_CONNECTIONS_PER_ADDRESS=0 CHATD_MAX_CONNECTIONS_PER_USER=0
 cd "$(dirname "$0")/.."
 OUT=${1:-$(mktemp --suffix=.jsonl)}
 DURATION=${DURATION:-10s}

@@ -15,6 +15,9 @@
 #   group 10   one sender flat out (16 unacknowledged) to a group of 10
 #   echo x8, broadcast 1000   the transport alone (as in compare.sh), to see that it did not move
 set -euo pipefail
+# The load tool opens every connection from 127.0.0.1 and many per user: no per-address or
+# per-user connection caps (set through the environment, which older builds ignore).
+export CHATD_MAX_CONNECTIONS_PER_ADDRESS=0 CHATD_MAX_CONNECTIONS_PER_USER=0
 cd "$(dirname "$0")/.."
 OUT=${1:-messaging.jsonl}
 shift || true

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::http::forwarded::Cidr;
 use crate::ws::frame;
 
 /// chatd: a single-threaded WebSocket instant-messaging server.
@@ -253,6 +254,53 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// A reverse proxy whose forwarding headers are believed: an address or a block such as
+    /// `10.0.0.0/8` (repeatable, or comma-separated in the environment). A request from one
+    /// of them counts as coming from the right-most address in `X-Forwarded-For` that is not
+    /// itself a trusted proxy (else `X-Real-IP`), for every per-address limit and in the
+    /// logs. Anyone else's forwarding headers are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CHATD_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_cidr
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Most connections from one client address (an IPv6 client by its /64), in any phase,
+    /// handshakes included; 0: no cap. The surplus is answered `429` and closed.
+    #[arg(long, env = "CHATD_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    pub max_connections_per_address: usize,
+
+    /// Most authenticated connections of one user; 0: no cap. A `login` or `auth` past it is
+    /// answered `rate_limited` and the connection stays unauthenticated.
+    #[arg(long, env = "CHATD_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
+
+    /// Failed logins one account may take per `--login-failure-window`, from all addresses
+    /// together. Past it only an address without recent failures for the account gets its
+    /// password checked; the others get `rate_limited`.
+    #[arg(long, env = "CHATD_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 20)]
+    pub login_failures_per_account: u32,
+
+    /// Failed logins one account may take from one client address per
+    /// `--login-failure-window`; past it, logins to that account from there get `rate_limited`.
+    #[arg(
+        long,
+        env = "CHATD_LOGIN_FAILURES_PER_ACCOUNT_ADDRESS",
+        default_value_t = 5
+    )]
+    pub login_failures_per_account_address: u32,
+
+    /// The window of the failed-login budgets: each refills in this time.
+    #[arg(long, env = "CHATD_LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = parse_duration)]
+    pub login_failure_window: Duration,
+
+    /// Bearer token that `GET /metrics` must present (`Authorization: Bearer TOKEN`), at
+    /// least 16 bytes. Without one, `/metrics` is not served (404).
+    #[arg(long, env = "CHATD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// An operator command on the data dir instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -366,6 +414,15 @@ impl Config {
         if self.jwt_max_lifetime.is_zero() {
             return Err("--jwt-max-lifetime must be above zero".into());
         }
+        if self.login_failures_per_account < 1
+            || self.login_failures_per_account_address < 1
+            || self.login_failure_window.is_zero()
+        {
+            return Err("failed-login budgets must be at least 1, over a window above 0".into());
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err("--metrics-token must be at least 16 bytes".into());
+        }
         if self.queue_limit() < self.largest_frame() {
             return Err(format!(
                 "--max-queued-bytes ({}) must be at least {} (--max-message-size {} and its frame header), or an echo of the largest message could never be queued",
@@ -379,6 +436,11 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `10.0.0.0/8`, `::1`, `fd00::/8`.
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
 }
 
 /// `127.0.0.1:8080`, `[::1]:0`, or `:PORT` for 127.0.0.1.
@@ -446,6 +508,22 @@ mod tests {
         assert_eq!(c.max_message_size, 1 << 20);
         assert_eq!(c.frame_limit(), 1 << 20);
         assert!(c.validate().is_ok());
+        assert!(c.trusted_proxies.is_empty() && c.metrics_token.is_none());
+    }
+
+    #[test]
+    fn trusted_proxies_repeat_and_short_metrics_tokens_are_refused() {
+        let c = Config::parse_from([
+            "chatd",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+        ]);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(Config::try_parse_from(["chatd", "--trusted-proxy", "10.0.0.1/8"]).is_err());
+        let c = Config::parse_from(["chatd", "--metrics-token", "short"]);
+        assert!(c.validate().is_err());
     }
 
     #[test]

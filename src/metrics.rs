@@ -90,6 +90,8 @@ pub struct Metrics {
     pub accepted: u64,
     /// Connections refused with 503 over `--max-connections`.
     pub rejected_full: u64,
+    /// Connections refused with 429 over `--max-connections-per-address`.
+    pub refused_per_address: u64,
     /// Failed `accept` calls (descriptor exhaustion and others).
     pub accept_errors: u64,
     /// WebSocket handshakes completed.
@@ -193,6 +195,12 @@ impl Metrics {
             "counter",
             "Connections answered 503 over the connection cap.",
             self.rejected_full,
+        );
+        one(
+            "chatd_connections_refused_per_address_total",
+            "counter",
+            "Connections answered 429 over the per-address connection cap.",
+            self.refused_per_address,
         );
         one(
             "chatd_accept_errors_total",

@@ -367,7 +367,7 @@ fn unknown_plain_path_is_404() {
 fn metrics_is_prometheus_text() {
     let server = Server::start(&[]);
     let _ = server.request("GET", "/healthz");
-    let r = server.request("GET", "/metrics");
+    let r = server.metrics_response();
     assert_plain(&r, 200);
     assert!(r
         .header("Content-Type")

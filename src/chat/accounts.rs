@@ -19,7 +19,7 @@ use super::service::{fail, ConnId, Effect, Identity, Now, Outcome, Reply, Servic
 use crate::store::{User, Write, Written};
 
 /// The refusal for a wrong password, an unknown user or a bad token alike.
-fn refused() -> Failure {
+pub(super) fn refused() -> Failure {
     Failure::new(ErrorCode::Unauthenticated, "unknown user or wrong password")
 }
 
@@ -80,7 +80,10 @@ impl Service {
         if !valid_name(&user) || password.len() > MAX_PASSWORD {
             return Outcome::Reply(Err(refused()));
         }
-        if let Err(f) = self.check_login_rate(conn, now) {
+        if let Err(f) = self
+            .check_login_rate(conn, now)
+            .and_then(|()| self.check_account_login(conn, &user, now))
+        {
             return Outcome::Reply(Err(f));
         }
         let found = match self.store.user(&user) {
@@ -90,7 +93,11 @@ impl Service {
         let stored = found.as_ref().and_then(|u| u.password.clone());
         Outcome::AfterPassword(
             Work::Verify(password, stored),
-            Waiting::Login { user: found, since },
+            Waiting::Login {
+                name: user,
+                user: found,
+                since,
+            },
         )
     }
 
@@ -111,6 +118,7 @@ impl Service {
             .or_insert_with(|| Bucket::new(burst, now.mono))
             .take(rate, burst, now.mono);
         if !allowed {
+            self.metrics.logins_refused_address += 1;
             return fail(
                 ErrorCode::RateLimited,
                 "too many attempts from this address, wait",
@@ -155,14 +163,9 @@ impl Service {
                 },
                 Then::Registered { name },
             ),
-            (
-                Waiting::Login {
-                    user: Some(user),
-                    since,
-                },
-                Hashed::Verified(true),
-            ) => self.new_session(user, since, now),
-            (Waiting::Login { .. }, Hashed::Verified(_)) => Outcome::Reply(Err(refused())),
+            (Waiting::Login { name, user, since }, hashed @ Hashed::Verified(_)) => {
+                self.login_checked(conn, &name, user, since, hashed, now)
+            }
             _ => Outcome::Reply(fail(ErrorCode::Internal, "password hashing failed")),
         };
         self.settle(conn, id, outcome);
@@ -171,7 +174,7 @@ impl Service {
     }
 
     /// A session for a user whose password checked out: stored, then handed out.
-    fn new_session(&mut self, user: User, since: Option<i64>, now: Now) -> Outcome {
+    pub(super) fn new_session(&mut self, user: User, since: Option<i64>, now: Now) -> Outcome {
         let Ok((token, token_hash)) = auth::new_session_token() else {
             return Outcome::Reply(fail(ErrorCode::Internal, "no randomness for a token"));
         };
@@ -233,7 +236,10 @@ impl Service {
     /// use (after the commit).
     pub(super) fn auth(&mut self, token: &str, since: Option<i64>, now: Now) -> Outcome {
         let identity = match self.resolve_token(token, now) {
-            Ok(Resolved::Known(identity)) => identity,
+            Ok(Resolved::Known(identity)) => match self.check_user_cap(&identity.name) {
+                Ok(()) => identity,
+                Err(f) => return Outcome::Reply(Err(f)),
+            },
             Ok(Resolved::NewJwtUser(name, expires_ms)) => {
                 return Outcome::AfterCommit(
                     Write::CreateUser {

@@ -31,6 +31,10 @@ pub struct Settings {
     pub login_rate: f64,
     /// `register`/`login` per remote address in a burst.
     pub login_burst: f64,
+    /// Failed-login budgets per account, and per account and address.
+    pub login_budgets: super::login_guard::Budgets,
+    /// Most authenticated connections of one user; 0: no cap.
+    pub max_connections_per_user: usize,
     /// Argon2id cost.
     pub argon2: Cost,
     /// Longest text, in Unicode scalar values.
@@ -113,7 +117,8 @@ pub struct Replay {
 pub struct Client {
     /// Tells this client from earlier ones of the same slab key.
     pub serial: u64,
-    /// The peer's address, for per-address login limits.
+    /// The client's address as per-address limits count it (the forwarded address behind a
+    /// trusted proxy, an IPv6 address's /64).
     pub ip: IpAddr,
     /// Who it is logged in as.
     pub identity: Option<Rc<Identity>>,

@@ -25,6 +25,12 @@ pub struct ChatMetrics {
     pub commit_latency: [u64; COMMIT_BUCKETS_US.len() + 1],
     /// Sum of commit latencies, microseconds.
     pub commit_latency_sum_us: u64,
+    /// `register`/`login` refused by the per-address bucket.
+    pub logins_refused_address: u64,
+    /// `login` refused by an account's failure budgets.
+    pub logins_refused_account: u64,
+    /// `login`/`auth` refused over `--max-connections-per-user`.
+    pub auth_refused_per_user: u64,
 }
 
 /// Counters of file uploads.
@@ -94,6 +100,13 @@ impl Service {
             "Largest batch committed at once.",
             m.batch_max,
         );
+        one(
+            "chatd_auth_refused_per_user_total",
+            "counter",
+            "login/auth answered rate_limited over the per-user connection cap.",
+            m.auth_refused_per_user,
+        );
+        let _ = writeln!(out, "# HELP chatd_logins_rate_limited_total register/login answered rate_limited, by the limit: per address, or an account's failed-login budgets.\n# TYPE chatd_logins_rate_limited_total counter\nchatd_logins_rate_limited_total{{limit=\"address\"}} {}\nchatd_logins_rate_limited_total{{limit=\"account\"}} {}", m.logins_refused_address, m.logins_refused_account);
         let _ = writeln!(out, "# HELP chatd_commit_batch_size Messages per commit.\n# TYPE chatd_commit_batch_size summary\nchatd_commit_batch_size_sum {}\nchatd_commit_batch_size_count {}", m.batched, m.commits);
         let _ = writeln!(out, "# HELP chatd_commit_seconds Time to commit a batch.\n# TYPE chatd_commit_seconds histogram");
         let mut cumulative = 0;

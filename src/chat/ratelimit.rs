@@ -35,6 +35,12 @@ impl Bucket {
         }
     }
 
+    /// Whether a token could be taken at `now` (without taking it).
+    pub fn available(&self, per_sec: f64, burst: f64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * per_sec).min(burst) >= 1.0
+    }
+
     /// Whether the bucket is full again at `now` (and can be forgotten).
     pub fn is_full(&self, per_sec: f64, burst: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -138,6 +144,7 @@ mod tests {
         assert!(b.take(1.0, 3.0, t0));
         assert!(b.take(1.0, 3.0, t0));
         assert!(!b.take(1.0, 3.0, t0));
+        assert!(!b.available(1.0, 3.0, t0 + Duration::from_millis(500)));
         assert!(!b.take(1.0, 3.0, t0 + Duration::from_millis(500)));
         assert!(b.take(1.0, 3.0, t0 + Duration::from_millis(1600)));
         assert!(b.is_full(1.0, 3.0, t0 + Duration::from_secs(10)));

@@ -26,6 +26,7 @@ use super::batch::{Batch, Then};
 pub use super::client::{Client, Identity, Owed, Settings};
 use super::hasher::Work;
 use super::held::Inbound;
+use super::login_guard::LoginGuard;
 use super::metrics::{ChatMetrics, FileMetrics};
 use super::protocol::{self, Command, ErrorCode, Failure};
 use super::ratelimit::{Act, Bucket, PerUser};
@@ -127,7 +128,9 @@ pub enum Waiting {
     },
     /// `login` as this user (`None`: unknown, checked against a dummy hash all the same).
     Login {
-        /// The user.
+        /// The name asked for.
+        name: String,
+        /// The user (`None`: unknown, checked against a dummy hash all the same).
         user: Option<User>,
         /// Recovery asked for.
         since: Option<i64>,
@@ -150,6 +153,8 @@ pub struct Service {
     pub(super) pruning: bool,
     /// What each user may still do, across its connections.
     pub(super) per_user: PerUser,
+    /// Failed logins per account, and per account and address.
+    pub(super) login_guard: LoginGuard,
     /// Password jobs out, by ticket.
     pub(super) password_jobs: HashMap<u64, (ConnId, Option<Value>, Waiting)>,
     pub(super) next_ticket: u64,
@@ -236,6 +241,7 @@ impl Service {
             stored_bytes: HashMap::new(),
             next_prune: None,
             pruning: false,
+            login_guard: LoginGuard::default(),
             password_jobs: HashMap::new(),
             next_ticket: 1,
             next_serial: 1,

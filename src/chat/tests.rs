@@ -32,6 +32,12 @@ fn settings() -> Settings {
         rate_strikes: 10,
         login_rate: 1000.0,
         login_burst: 1000.0,
+        login_budgets: crate::chat::login_guard::Budgets {
+            per_account: 1000.0,
+            per_pair: 1000.0,
+            window_secs: 900.0,
+        },
+        max_connections_per_user: 0,
         argon2: Cost {
             memory_kib: 64,
             iterations: 1,

@@ -15,12 +15,15 @@
 //! application go out through an inbox the server owns.
 
 mod deadline;
+mod peer;
 mod read;
 mod write;
 
+pub use peer::Peer;
+
 use std::fs::File;
 use std::io::{IoSlice, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -170,8 +173,8 @@ pub struct Cx<'a> {
 #[derive(Debug)]
 pub struct Conn {
     socket: TcpStream,
-    /// The peer's address, for logs.
-    pub peer: SocketAddr,
+    /// The peer's and the client's address, for limits and logs.
+    pub peer: Peer,
     phase: Phase,
     input: InBuf,
     output: OutQueue,
@@ -224,7 +227,7 @@ pub struct Conn {
 
 impl Conn {
     /// A connection just accepted.
-    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant) -> Conn {
+    pub fn new(socket: TcpStream, peer: Peer, now: Instant) -> Conn {
         Conn {
             socket,
             peer,

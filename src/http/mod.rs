@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod download;
+pub mod forwarded;
 pub mod handshake;
 pub mod request;
 pub mod response;

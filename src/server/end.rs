@@ -182,6 +182,7 @@ impl Server {
             self.timers.cancel(at, TimerKey::Conn(key));
         }
         let _ = self.poll.registry().deregister(conn.socket_mut());
+        self.release_address(&conn.peer);
         if let Some(reason) = conn.close_reason() {
             self.metrics.closed(reason);
         }

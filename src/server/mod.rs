@@ -20,6 +20,7 @@
 //! owns them all and hands each one a `Cx` with the configuration, the counters and the time.
 //! HTTP routes and downloads are in `routes`.
 
+mod admission;
 mod dispatch;
 mod end;
 mod routes;
@@ -87,6 +88,8 @@ pub struct Server {
     /// Open `/broadcast` connections.
     broadcast_members: Vec<usize>,
     max_connections: usize,
+    /// Open connections per client address, for `--max-connections-per-address`.
+    per_address: admission::AddressCounts,
     /// The listener may have connections waiting (the last accept did not say WouldBlock).
     accept_ready: bool,
     accept_paused: bool,
@@ -156,6 +159,7 @@ impl Server {
             effects: Vec::new(),
             broadcast_members: Vec::new(),
             max_connections,
+            per_address: Default::default(),
             accept_ready: true,
             accept_paused: false,
             draining: false,
@@ -313,10 +317,10 @@ impl Server {
     // ----------------------------------------------------------------------------------------
 
     fn accept(&mut self, now: Instant) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
         for _ in 0..ACCEPT_BATCH {
+            let Some(listener) = &self.listener else {
+                return;
+            };
             let (mut socket, peer) = match net::accept(listener) {
                 Accept::Conn(socket, peer) => (socket, peer),
                 Accept::WouldBlock => {
@@ -345,6 +349,9 @@ impl Server {
                 debug!("{peer}: refused, {} connections open", self.conns.len());
                 continue;
             }
+            let Some(peer) = self.admit_socket(&mut socket, peer) else {
+                continue;
+            };
             let _ = socket.set_nodelay(true);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
@@ -354,6 +361,7 @@ impl Server {
                     .register(&mut socket, Token(key), Interest::READABLE)
             {
                 warn!("{peer}: register failed: {e}");
+                self.release_address(&peer);
                 continue;
             }
             debug!("{peer}: accepted as {key}");

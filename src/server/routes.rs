@@ -2,6 +2,7 @@
 //! download of a stored file, or a plain response (the web client, `/healthz`, `/metrics`).
 
 use log::debug;
+use sha2::{Digest, Sha256};
 
 use super::Server;
 use crate::chat::{DownloadRefusal, Now};
@@ -13,6 +14,9 @@ use crate::metrics::Gauges;
 impl Server {
     /// Answers a request head: an upgrade on a known WebSocket path, or a plain HTTP route.
     pub(super) fn route(&mut self, key: usize, req: Request, now: Now) {
+        if !self.admit_request(key, &req, now) {
+            return;
+        }
         let head_only = req.method == "HEAD";
         let answer = if handshake::is_upgrade(&req) {
             match self.websocket_route(&req.path) {
@@ -47,7 +51,7 @@ impl Server {
             }
         };
         conn.upgrade(bytes, route, &mut cx);
-        let ip = conn.peer.ip();
+        let ip = conn.peer.limit_key();
         if route == Route::Chat {
             conn.set_auth_deadline(Some(now.mono + cx.cfg.auth_timeout));
         }
@@ -113,18 +117,26 @@ impl Server {
         match req.path.as_str() {
             "/healthz" if self.draining => Response::text(503, "shutting down"),
             "/healthz" => Response::text(200, "ok"),
-            "/metrics" => Response {
-                status: 200,
-                headers: vec![("Cache-Control", "no-store".into())],
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: {
-                    let mut text = self.metrics.render(&self.gauges());
-                    self.chat.render_metrics(&mut text);
-                    self.chat.render_file_metrics(&mut text);
-                    text.into_bytes()
-                },
+            "/metrics" => match metrics_access(req, self.cfg.metrics_token.as_deref()) {
+                Ok(()) => self.metrics_page(),
+                Err(refusal) => refusal,
             },
             _ => Response::status(404),
+        }
+    }
+
+    /// The `/metrics` text: the transport's counters, then the chat service's.
+    fn metrics_page(&self) -> Response {
+        Response {
+            status: 200,
+            headers: vec![("Cache-Control", "no-store".into())],
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: {
+                let mut text = self.metrics.render(&self.gauges());
+                self.chat.render_metrics(&mut text);
+                self.chat.render_file_metrics(&mut text);
+                text.into_bytes()
+            },
         }
     }
 
@@ -135,5 +147,26 @@ impl Server {
             queued_bytes: self.conns.iter().map(|(_, c)| c.queued()).sum(),
             max_connections: self.max_connections,
         }
+    }
+}
+
+/// Who may read `/metrics`: only a request with `Authorization: Bearer` and the configured token
+/// (`401` otherwise). Without a configured token nobody may, and the page does not exist
+/// (`404`): users online and message counts are not for anonymous visitors, and a loopback
+/// address proves nothing when a reverse proxy on the same host forwards the internet.
+fn metrics_access(req: &Request, token: Option<&str>) -> Result<(), Response> {
+    let Some(token) = token else {
+        return Err(Response::status(404));
+    };
+    let given = req
+        .header("authorization")
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    // Compared as digests: the time taken says nothing about the token's bytes.
+    let digest = |s: &str| -> [u8; 32] { Sha256::digest(s.as_bytes()).into() };
+    match given {
+        Some(given) if digest(given) == digest(token) => Ok(()),
+        _ => Err(Response::status(401).with_header("WWW-Authenticate", "Bearer")),
     }
 }

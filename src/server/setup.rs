@@ -69,6 +69,12 @@ pub(super) fn settings(cfg: &Config) -> Settings {
         rate_strikes: cfg.rate_strikes,
         login_rate: cfg.login_rate / 60.0,
         login_burst: cfg.login_burst,
+        login_budgets: crate::chat::login_guard::Budgets {
+            per_account: cfg.login_failures_per_account.into(),
+            per_pair: cfg.login_failures_per_account_address.into(),
+            window_secs: cfg.login_failure_window.as_secs_f64(),
+        },
+        max_connections_per_user: cfg.max_connections_per_user,
         argon2: argon2_cost(cfg),
         max_text_chars: cfg.max_text_chars,
         recovery_limit: cfg.recovery_limit,

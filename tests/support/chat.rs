@@ -89,7 +89,11 @@ pub struct Client {
 impl Client {
     /// Opens `/ws`.
     pub fn connect(server: &Server) -> Client {
-        let ws = server.ws("/ws");
+        Client::over(server.ws("/ws"))
+    }
+
+    /// A client over a WebSocket opened by the caller.
+    pub fn over(ws: WebSocket<TcpStream>) -> Client {
         ws.get_ref()
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();

@@ -32,6 +32,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const SAMPLE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
+/// The `--metrics-token` every test server gets unless the test gives its own.
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
+
 /// Opcodes, as the four bits on the wire.
 pub const OP_CONT: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -68,6 +71,16 @@ impl Server {
 
     /// As [`Server::start`], with another build of the binary (the release build).
     pub fn start_binary(binary: &std::path::Path, args: &[&str]) -> Server {
+        Server::spawn(binary, args, true)
+    }
+
+    /// As [`Server::start`], without the `--metrics-token` the tests' servers otherwise get.
+    pub fn start_without_metrics_token(args: &[&str]) -> Server {
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_chatd"));
+        Server::spawn(binary, args, false)
+    }
+
+    fn spawn(binary: &std::path::Path, args: &[&str], metrics_token: bool) -> Server {
         let mut cmd = Command::new(binary);
         cmd.arg("--listen").arg("127.0.0.1:0").args(args);
         let gave_dir = args
@@ -76,6 +89,9 @@ impl Server {
         let own_data_dir = (!gave_dir).then(fresh_data_dir);
         if let Some(dir) = &own_data_dir {
             cmd.arg("--data-dir").arg(dir);
+        }
+        if metrics_token && !args.iter().any(|a| a.starts_with("--metrics-token")) {
+            cmd.arg("--metrics-token").arg(METRICS_TOKEN);
         }
         // The flags have environment fallbacks: keep the caller's environment out of the tests.
         for (name, _) in std::env::vars_os() {
@@ -209,9 +225,19 @@ impl Server {
         self.http(format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
     }
 
+    /// `GET /metrics` with the test servers' bearer token.
+    pub fn metrics_response(&self) -> HttpResponse {
+        self.http(
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {METRICS_TOKEN}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    }
+
     /// The `/metrics` text.
     pub fn metrics(&self) -> String {
-        let r = self.request("GET", "/metrics");
+        let r = self.metrics_response();
         assert_eq!(r.status, 200, "{}", r.text());
         r.body_text()
     }
