@@ -3,6 +3,7 @@
 //! errors and losses, ending with one JSON line. With `--server-pid` it also samples the
 //! server's CPU time and memory, so results can be given per second of server CPU.
 
+mod joins;
 mod pool;
 mod raw;
 mod scenarios;
@@ -119,6 +120,19 @@ pub enum Scenario {
         /// Unacknowledged sends per sender when flat out.
         #[arg(long, default_value_t = 8)]
         inflight: usize,
+    },
+    /// Newcomers join one large group at a steady rate while a member asks `whoami` every 5 ms:
+    /// how long that member waits while the joins are announced.
+    Joins {
+        /// Members in the group before the joins (each one connection).
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Users who join during the run (each one connection, authenticated beforehand).
+        #[arg(long, default_value_t = 3_000)]
+        newcomers: usize,
+        /// Joins per second, all newcomers together.
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
     },
     /// Not a scenario: serve raw TCP echo or broadcast on `--server`, as a baseline to compare
     /// the WebSocket server with (run it, then point `echo`/`broadcast --raw` at it).

@@ -23,23 +23,23 @@ const DRAIN: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct Report {
     scenario: String,
-    connections: usize,
-    seconds: f64,
+    pub(crate) connections: usize,
+    pub(crate) seconds: f64,
     /// Round trips (echo), deliveries (broadcast, group) or acknowledged sends (dm).
-    messages: u64,
-    latency: Histogram,
-    errors: u64,
-    lost: u64,
-    server_before: Option<ProcSample>,
-    server_after: Option<ProcSample>,
+    pub(crate) messages: u64,
+    pub(crate) latency: Histogram,
+    pub(crate) errors: u64,
+    pub(crate) lost: u64,
+    pub(crate) server_before: Option<ProcSample>,
+    pub(crate) server_after: Option<ProcSample>,
     /// Other figures of the scenario, in order.
-    extra: Vec<(String, f64)>,
+    pub(crate) extra: Vec<(String, f64)>,
     /// A second latency (acks, logins), named.
-    second: Option<(String, Histogram)>,
+    pub(crate) second: Option<(String, Histogram)>,
 }
 
 impl Report {
-    fn new(scenario: &str) -> Report {
+    pub(crate) fn new(scenario: &str) -> Report {
         Report {
             scenario: scenario.into(),
             ..Report::default()
@@ -182,6 +182,11 @@ pub fn run(args: &Args, sources: &[Ipv4Addr]) -> io::Result<Report> {
             rate,
             logins_per_sec,
         } => group(args, sources, members, 1, rate, 64, Some(logins_per_sec)),
+        Scenario::Joins {
+            members,
+            newcomers,
+            rate,
+        } => crate::joins::joins(args, sources, members, newcomers, rate),
         Scenario::RawServer { .. } => unreachable!("handled in main"),
     }
 }
@@ -469,12 +474,12 @@ fn jwt(args: &Args, user: &str) -> String {
     )
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Opens chat connections for `users`, authenticates each with a JWT and waits for the oks.
-fn chat_connections(
+pub(crate) fn chat_connections(
     pool: &mut Pool,
     args: &Args,
     sources: &[Ipv4Addr],
@@ -514,7 +519,7 @@ fn chat_connections(
 }
 
 /// Sends one request on each connection and waits for all replies (ignoring events).
-fn request_all(
+pub(crate) fn request_all(
     pool: &mut Pool,
     ids: &[usize],
     body: &Value,
