@@ -352,7 +352,9 @@ impl Service {
         changes: Vec<(String, Role)>,
         written: Result<Written, Failure>,
     ) -> Reply {
-        self.limited(written, "", &changes[0].0)?;
+        // Only a hand-over can cross a limit: of the new owner, named first.
+        let new_owner = changes.first().map_or("", |(name, _)| name.as_str());
+        self.limited(written, "", new_owner)?;
         self.forget_group(&group, false);
         let members = self.members_of(group.id)?;
         let conns = self.conns_of_names(&members);
