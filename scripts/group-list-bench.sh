@@ -14,8 +14,8 @@
 # per second each, below the default command rate of 50, following `next` from page to page
 # when the server pages; a bystander's whoami round trip is measured quiet and during DURATION
 # (10s) of polling. The server runs on core 0 and the load tool on core 1 when `taskset` exists.
-# The server is started with a high command rate so that the groups are made quickly; the pollers
-# pace themselves.
+# The server is started with high command and group-creation rates so that the groups are made
+# quickly; the pollers pace themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-group-list.jsonl}
@@ -43,8 +43,17 @@ DATA=$(mktemp -d)
 SERVER_PID=
 start_server() { # BINARY
   rm -rf "${DATA:?}"/*
+  local extra=()
+  # Builds with per-user creation rates and connection caps: lift those too, so that the groups
+  # are made quickly by many creators from one address (older builds lack the flags).
+  if "$1" --help | grep -q -- --group-create-rate; then
+    extra+=(--group-create-rate 1000000 --group-create-burst 1000000)
+  fi
+  if "$1" --help | grep -q -- --max-connections-per-address; then
+    extra+=(--max-connections-per-address 0 --max-connections-per-user 0)
+  fi
   "${CORE0[@]}" "$1" --listen "127.0.0.1:$PORT" --data-dir "$DATA" --log-level warn \
-    --jwt-secret bench-secret --command-rate 1000000 --command-burst 1000000 &
+    --jwt-secret bench-secret-of-32-bytes-or-longer --command-rate 1000000 --command-burst 1000000 "${extra[@]}" &
   SERVER_PID=$!
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
@@ -60,7 +69,7 @@ run() { # LABEL BINARY PER_CREATOR
   echo "== $label ($bin)" >&2
   start_server "$bin"
   "${CORE1[@]}" "$BENCH" --server "127.0.0.1:$PORT" --server-pid "$SERVER_PID" --duration "$DURATION" \
-    group-list --groups "$GROUPS_N" --per-creator "$per" --pollers "$POLLERS" --poll-rate "$POLL_RATE" \
+    --jwt-secret bench-secret-of-32-bytes-or-longer group-list --groups "$GROUPS_N" --per-creator "$per" --pollers "$POLLERS" --poll-rate "$POLL_RATE" \
     | tail -1 | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(label='$label', binary='$bin'); print(json.dumps(d))" >> "$OUT"
   stop_server
 }

@@ -69,6 +69,9 @@ class Chatd {
       // One message per replay: catching up after the restart then takes several `sync`s.
       "--recovery-limit",
       "1",
+      // carl makes a page of groups at once (the per-user creation rate is not under test).
+      "--group-create-burst",
+      "1000",
     ];
     const proc = spawn(CHATD_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.proc = proc;
