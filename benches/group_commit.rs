@@ -67,6 +67,7 @@ fn run(full: bool, batch: usize, total: i64) -> (Duration, i64) {
         private: false,
         owner: alice,
         created_ms: 0,
+        limits: chatd::store::GroupLimits::NONE,
     }];
     store.apply(Batch { writes }).expect("group");
     let text = "x".repeat(64);

@@ -84,6 +84,26 @@ pub struct Config {
     #[arg(long, env = "CHATD_LOGIN_BURST", default_value_t = 10.0)]
     pub login_burst: f64,
 
+    /// Names of users who do not exist that one user may look up per minute, sustained, across
+    /// its connections (`history @name`, `send` to `@name`, `group.invite`...). Once the budget
+    /// is spent, every lookup of a user by name answers `rate_limited` (against listing users).
+    #[arg(long, env = "CHATD_UNKNOWN_USER_RATE", default_value_t = 10.0)]
+    pub unknown_user_rate: f64,
+
+    /// Names of users who do not exist that one user may look up in a burst.
+    #[arg(long, env = "CHATD_UNKNOWN_USER_BURST", default_value_t = 20.0)]
+    pub unknown_user_burst: f64,
+
+    /// Most groups one user may be a member of, created ones included; beyond it `group.join`
+    /// and `group.create` answer `forbidden`.
+    #[arg(long, env = "CHATD_MAX_GROUPS_PER_USER", default_value_t = 500)]
+    pub max_groups_per_user: u32,
+
+    /// Most groups one user may own; beyond it `group.create`, and handing a group over to
+    /// that user, answer `forbidden`.
+    #[arg(long, env = "CHATD_MAX_OWNED_GROUPS_PER_USER", default_value_t = 100)]
+    pub max_owned_groups_per_user: u32,
+
     /// Argon2id memory cost in KiB (the OWASP-recommended 19 MiB by default).
     #[arg(long, env = "CHATD_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
     pub argon2_memory_kib: u32,
@@ -395,6 +415,7 @@ impl Config {
             (self.send_rate, self.send_burst),
             (self.group_create_rate, self.group_create_burst),
             (self.upload_rate, self.upload_burst),
+            (self.unknown_user_rate, self.unknown_user_burst),
         ];
         if rates
             .iter()

@@ -33,6 +33,10 @@ const MEMBER_REFRESH_LIMIT = 50; // groups whose members (and so presence) we fe
 // No event announces a new public group, so the list of groups to join is fetched again now and
 // then, when the sidebar opens, and with its Refresh button.
 const GROUP_REFRESH_MS = 60_000;
+// group.list comes a page at a time; beyond this many pages the list of groups to join is cut
+// short (our own groups are in every page that covers their names).
+const GROUP_PAGE = 100;
+const GROUP_PAGES_MAX = 50;
 const SESSION_KEY = "chatd.session";
 const userStateKey = (user) => `chatd.user.${user}`;
 const narrowScreen = window.matchMedia("(max-width: 700px)"); // the sidebar slides in
@@ -483,7 +487,10 @@ function refreshGroupsQuietly() {
 }
 
 async function refreshGroups() {
-  const { groups } = await conn.request("group.list");
+  const { items: groups, complete } = await conn.requestPages("group.list", "groups", {
+    limit: GROUP_PAGE,
+    maxPages: GROUP_PAGES_MAX,
+  });
   const listed = new Set();
   for (const g of groups) {
     const conv = conversation(`#${g.group}`);
@@ -493,9 +500,12 @@ async function refreshGroups() {
     conv.joined = g.role !== undefined;
     listed.add(conv.address);
   }
-  // Groups that were deleted, or private ones we are no longer in, while we were away.
+  // Groups that were deleted, or private ones we are no longer in, while we were away: those
+  // missing from the part of the list we read (names sort as the server sorts them, by code unit).
+  const readThrough = complete ? null : groups[groups.length - 1]?.group;
   for (const conv of [...state.conversations.values()]) {
-    if (conv.kind === "group" && !listed.has(conv.address) && !state.invitations.has(conv.name)) {
+    if (conv.kind !== "group" || listed.has(conv.address) || state.invitations.has(conv.name)) continue;
+    if (readThrough === null || (readThrough !== undefined && conv.name < readThrough)) {
       removeConversation(conv.address);
     }
   }

@@ -142,6 +142,26 @@ export class Connection {
     return this.start(type, args).reply;
   }
 
+  /**
+   * A paged listing (`group.list`): asks for one page after another, each starting `after` the
+   * `next` of the one before, until the server says there is no more or `maxPages` pages have
+   * come. Resolves with `{items, complete}`: the members of `field` of every page, in order, and
+   * whether the listing reached its end. A server that does not page answers everything at once
+   * and no `more`: that is one complete page.
+   */
+  async requestPages(type, field, { args = {}, limit = 100, maxPages = 50 } = {}) {
+    const items = [];
+    let after;
+    for (let page = 0; page < maxPages; page++) {
+      const request = after === undefined ? { ...args, limit } : { ...args, limit, after };
+      const reply = await this.request(type, request);
+      items.push(...reply[field]);
+      if (!reply.more || typeof reply.next !== "string") return { items, complete: true };
+      after = reply.next;
+    }
+    return { items, complete: false };
+  }
+
   /** Sends a binary message (file upload bytes). */
   sendBinary(bytes) {
     if (!this.isOpen) throw new ConnectionLost();

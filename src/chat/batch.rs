@@ -296,6 +296,10 @@ pub(super) fn plain_result(written: Result<Written, Failure>, conflict: &str) ->
             ErrorCode::Conflict,
             "the group changed meanwhile; nothing was done, try again",
         )),
+        Written::TooManyGroups { .. } => Err(Failure::new(
+            ErrorCode::Forbidden,
+            "over the limit of groups per user",
+        )),
         Written::Failed(e) => {
             warn!("store: {e}");
             Err(unavailable())

@@ -56,6 +56,10 @@ pub struct Settings {
     pub message_retention: Option<Duration>,
     /// Messages carrying a file older than this are deleted.
     pub file_retention: Option<Duration>,
+    /// Most groups a user may be a member of (joined or created).
+    pub max_groups_per_user: u32,
+    /// Most groups a user may own (created, or handed over to it).
+    pub max_owned_groups_per_user: u32,
 }
 
 /// Who a connection is logged in as.

@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 
 use super::names::valid_name;
+use super::permissions::{self, Action, Actor};
 use super::protocol::{ErrorCode, Failure};
-use super::service::{fail, Service};
+use super::service::{fail, Identity, Service};
 use crate::store::{Group, GroupId, Role, User, UserId};
 
 /// Entries per map before it is emptied.
@@ -22,6 +23,11 @@ pub struct Directory {
     users: HashMap<String, UserId>,
     groups: HashMap<String, Group>,
     roles: HashMap<(GroupId, UserId), Role>,
+}
+
+/// The one answer for a group the caller may not know of, whether it exists or not.
+fn no_group(name: &str) -> Failure {
+    Failure::new(ErrorCode::NotFound, format!("no group {name}"))
 }
 
 fn bounded<K, V>(map: &mut HashMap<K, V>) -> &mut HashMap<K, V> {
@@ -69,10 +75,33 @@ impl Service {
             return Ok(group.clone());
         }
         let found = self.store.group(name)?;
-        let group =
-            found.ok_or_else(|| Failure::new(ErrorCode::NotFound, format!("no group {name}")))?;
+        let group = found.ok_or_else(|| no_group(name))?;
         bounded(&mut self.directory.groups).insert(group.name.clone(), group.clone());
         Ok(group)
+    }
+
+    /// A group as the caller may know it, with the caller's standing in it. A private group is
+    /// visible to its members, the users it invited and server admins; to anyone else it
+    /// answers exactly as a group that does not exist.
+    pub(super) fn visible_group(
+        &mut self,
+        me: &Identity,
+        name: &str,
+    ) -> Result<(Group, Actor), Failure> {
+        let group = self.find_group(name)?;
+        let actor = self.actor(me, &group)?;
+        let invited = group.private
+            && actor.role.is_none()
+            && !actor.server_admin
+            && self.store.is_invited(group.id, me.id)?;
+        let see = Action::See {
+            private: group.private,
+            invited,
+        };
+        match permissions::check(actor, see) {
+            Ok(()) => Ok((group, actor)),
+            Err(_) => Err(no_group(name)),
+        }
     }
 
     /// A user's role in a group, if a member.
@@ -85,6 +114,16 @@ impl Service {
             bounded(&mut self.directory.roles).insert((group, user), role);
         }
         Ok(role)
+    }
+
+    /// The caller's standing in a group.
+    pub(super) fn actor(&mut self, me: &Identity, group: &Group) -> Result<Actor, Failure> {
+        Ok(Actor {
+            role: self.role(group.id, me.id)?,
+            // Read again, so that the operator's revocation applies at once; only accounts that
+            // were admins when they authenticated pay for the read.
+            server_admin: me.admin && self.store.is_server_admin(me.id)?,
+        })
     }
 
     /// A user the loop just created.

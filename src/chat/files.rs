@@ -56,6 +56,7 @@ impl Service {
         name: String,
         size: u64,
         mime: Option<String>,
+        now: Now,
     ) -> Reply {
         if self.clients.get(&conn).is_some_and(|c| c.upload.is_some()) {
             return fail(
@@ -63,7 +64,7 @@ impl Service {
                 "an upload is already in progress on this connection",
             );
         }
-        let conversation = self.conversation(me, to)?;
+        let conversation = self.conversation(me, to, now)?;
         if size > self.settings.max_file_size {
             let max = self.settings.max_file_size;
             return fail(

@@ -7,14 +7,14 @@
 
 use std::rc::Rc;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::batch::{plain_result, Then};
 use super::names::valid_name;
-use super::permissions::{self, Action, Actor, Denied};
+use super::permissions::{self, Action, Denied};
 use super::protocol::{self, ErrorCode, Failure};
 use super::service::{fail, Identity, Now, Outcome, Reply, Service};
-use crate::store::{Group, GroupId, Role, User, UserId, Write, Written};
+use crate::store::{Group, GroupId, GroupLimits, Role, User, UserId, Write, Written};
 
 /// A member who came or went, announced once committed.
 #[derive(Debug)]
@@ -43,15 +43,6 @@ pub enum ChangeKind {
 const GROUP_NAMES: &str = "group names are 1-32 characters of a-z 0-9 _ . -";
 
 impl Service {
-    pub(super) fn actor(&mut self, me: &Identity, group: &Group) -> Result<Actor, Failure> {
-        Ok(Actor {
-            role: self.role(group.id, me.id)?,
-            // Read again, so that the operator's revocation applies at once; only accounts that
-            // were admins when they authenticated pay for the read.
-            server_admin: me.admin && self.store.is_server_admin(me.id)?,
-        })
-    }
-
     /// The target's role, or `not_found` when not a member.
     fn member_role(&mut self, group: &Group, user: &User) -> Result<Role, Failure> {
         self.role(group.id, user.id)?.ok_or_else(|| {
@@ -82,6 +73,7 @@ impl Service {
             private,
             owner: me.id,
             created_ms: now.wall_ms,
+            limits: self.group_limits(),
         };
         let group = Group { id, name, private };
         Outcome::AfterCommit(
@@ -99,7 +91,7 @@ impl Service {
         (owner_id, owner): (UserId, String),
         written: Result<Written, Failure>,
     ) -> Reply {
-        plain_result(written, &format!("group {} exists", group.name))?;
+        self.limited(written, &format!("group {} exists", group.name), "you")?;
         self.remember_group(&group, owner_id);
         self.members_cache.insert(group.id, Rc::new(vec![owner]));
         Ok(json!({ "group": group.name }))
@@ -107,13 +99,13 @@ impl Service {
 
     pub(super) fn group_join(&mut self, me: &Identity, name: &str) -> Outcome {
         let checked = (|| {
-            let group = self.find_group(name)?;
+            let (group, actor) = self.visible_group(me, name)?;
             let action = Action::Join {
                 private: group.private,
                 banned: self.store.is_banned(group.id, me.id)?,
                 invited: self.store.is_invited(group.id, me.id)?,
             };
-            allow(self.actor(me, &group)?, action)?;
+            allow(actor, action)?;
             Ok(group)
         })();
         match checked {
@@ -121,6 +113,7 @@ impl Service {
                 Write::Join {
                     group: group.id,
                     user: me.id,
+                    limits: self.group_limits(),
                 },
                 Change {
                     group,
@@ -135,8 +128,7 @@ impl Service {
 
     pub(super) fn group_leave(&mut self, me: &Identity, name: &str) -> Outcome {
         let checked = (|| {
-            let group = self.find_group(name)?;
-            let actor = self.actor(me, &group)?;
+            let (group, actor) = self.visible_group(me, name)?;
             allow(actor, Action::Leave)?;
             Ok((group, actor.role.unwrap_or(Role::Member)))
         })();
@@ -165,11 +157,12 @@ impl Service {
         name: &str,
         user: &str,
         ban: bool,
+        now: Now,
     ) -> Outcome {
         let checked = (|| {
-            let group = self.find_group(name)?;
-            let actor = self.actor(me, &group)?;
-            let target = self.find_user(user)?;
+            let (group, actor) = self.visible_group(me, name)?;
+            allow(actor, Action::KickSomeone)?;
+            let target = self.find_user_for(me, user, now)?;
             let role = self.member_role(&group, &target)?;
             allow(
                 actor,
@@ -206,7 +199,7 @@ impl Service {
         change: Change,
         written: Result<Written, Failure>,
     ) -> Reply {
-        plain_result(written, "")?;
+        self.limited(written, "", "you")?;
         let Change {
             group,
             user,
@@ -239,11 +232,17 @@ impl Service {
         Ok(json!({}))
     }
 
-    pub(super) fn group_invite(&mut self, me: &Identity, name: &str, user: &str) -> Outcome {
+    pub(super) fn group_invite(
+        &mut self,
+        me: &Identity,
+        name: &str,
+        user: &str,
+        now: Now,
+    ) -> Outcome {
         let checked = (|| {
-            let group = self.find_group(name)?;
-            allow(self.actor(me, &group)?, Action::Invite)?;
-            let target = self.find_user(user)?;
+            let (group, actor) = self.visible_group(me, name)?;
+            allow(actor, Action::Invite)?;
+            let target = self.find_user_for(me, user, now)?;
             if self.store.role(group.id, target.id)?.is_some() {
                 return fail(ErrorCode::Conflict, format!("{user} is already a member"));
             }
@@ -281,11 +280,10 @@ impl Service {
     pub(super) fn group_role(
         &mut self,
         me: &Identity,
-        name: &str,
-        user: &str,
-        role: &str,
+        (name, user, role): (&str, &str, &str),
+        now: Now,
     ) -> Outcome {
-        self.check_role(me, name, user, role)
+        self.check_role(me, (name, user, role), now)
             .unwrap_or_else(|f| Outcome::Reply(Err(f)))
     }
 
@@ -294,16 +292,15 @@ impl Service {
     fn check_role(
         &mut self,
         me: &Identity,
-        name: &str,
-        user: &str,
-        role: &str,
+        (name, user, role): (&str, &str, &str),
+        now: Now,
     ) -> Result<Outcome, Failure> {
         let Some(new) = Role::parse(role) else {
             return fail(ErrorCode::BadRequest, "role is member, admin or owner");
         };
-        let group = self.find_group(name)?;
-        let actor = self.actor(me, &group)?;
-        let target = self.find_user(user)?;
+        let (group, actor) = self.visible_group(me, name)?;
+        allow(actor, Action::ChangeRoles)?;
+        let target = self.find_user_for(me, user, now)?;
         let current = self.member_role(&group, &target)?;
         allow(
             actor,
@@ -341,6 +338,7 @@ impl Service {
             group: group.id,
             from: owner.id,
             to: target.id,
+            limits: self.group_limits(),
         };
         Ok(Outcome::AfterCommit(
             write,
@@ -354,7 +352,9 @@ impl Service {
         changes: Vec<(String, Role)>,
         written: Result<Written, Failure>,
     ) -> Reply {
-        plain_result(written, "")?;
+        // Only a hand-over can cross a limit: of the new owner, named first.
+        let new_owner = changes.first().map_or("", |(name, _)| name.as_str());
+        self.limited(written, "", new_owner)?;
         self.forget_group(&group, false);
         let members = self.members_of(group.id)?;
         let conns = self.conns_of_names(&members);
@@ -370,8 +370,8 @@ impl Service {
 
     pub(super) fn group_delete(&mut self, me: &Identity, name: &str) -> Outcome {
         let checked = (|| {
-            let group = self.find_group(name)?;
-            allow(self.actor(me, &group)?, Action::Delete)?;
+            let (group, actor) = self.visible_group(me, name)?;
+            allow(actor, Action::Delete)?;
             let members = self.members_of(group.id)?.to_vec();
             Ok((group, members))
         })();
@@ -409,44 +409,6 @@ impl Service {
         Ok(json!({}))
     }
 
-    pub(super) fn group_members(&mut self, me: &Identity, name: &str) -> Reply {
-        let group = self.find_group(name)?;
-        let action = Action::Members {
-            private: group.private,
-        };
-        allow(self.actor(me, &group)?, action)?;
-        let members: Vec<Value> = self
-            .store
-            .members(group.id)?
-            .into_iter()
-            .map(|(user, role)| {
-                let online = self.online.contains_key(&user);
-                json!({ "user": user, "role": role.as_str(), "online": online })
-            })
-            .collect();
-        Ok(json!({ "members": members }))
-    }
-
-    pub(super) fn group_list(&mut self, me: &Identity) -> Reply {
-        let groups: Vec<Value> = self
-            .store
-            .list_groups(me.id)?
-            .into_iter()
-            .map(|g| {
-                let mut v = json!({
-                    "group": g.group.name,
-                    "private": g.group.private,
-                    "members": g.members,
-                });
-                if let Some(role) = g.role {
-                    v["role"] = json!(role.as_str());
-                }
-                v
-            })
-            .collect();
-        Ok(json!({ "groups": groups }))
-    }
-
     /// Keeps a cached member list in step with a committed join (`member`) or departure, so
     /// that a large group's list is not read back from the store after every change.
     fn cache_membership(&mut self, group: GroupId, name: &str, member: bool) {
@@ -478,13 +440,41 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The per-user group limits in force, for the writes that could cross them.
+    fn group_limits(&self) -> GroupLimits {
+        GroupLimits {
+            member_of: self.settings.max_groups_per_user,
+            owner_of: self.settings.max_owned_groups_per_user,
+        }
+    }
+
+    /// The reply to a write that may take `who` over a group limit (`forbidden`, counted), or
+    /// as [`plain_result`] says.
+    fn limited(&mut self, written: Result<Written, Failure>, conflict: &str, who: &str) -> Reply {
+        let Ok(Written::TooManyGroups { owned }) = written else {
+            return plain_result(written, conflict);
+        };
+        self.metrics.group_limit_refusals += 1;
+        let why = if owned {
+            let max = self.settings.max_owned_groups_per_user;
+            format!("{who} would own more than {max} groups, the limit per user")
+        } else {
+            let max = self.settings.max_groups_per_user;
+            format!("{who} would be in more than {max} groups, the limit per user")
+        };
+        fail(ErrorCode::Forbidden, why)
+    }
+}
+
 fn membership(write: Write, change: Change) -> Outcome {
     Outcome::AfterCommit(write, Then::Membership(change))
 }
 
 /// The rules table's verdict as a refusal.
-pub(super) fn allow(actor: Actor, action: Action) -> Result<(), Failure> {
+pub(super) fn allow(actor: permissions::Actor, action: Action) -> Result<(), Failure> {
     permissions::check(actor, action).map_err(|d| match d {
+        Denied::Hidden => Failure::new(ErrorCode::NotFound, "no such group"),
         Denied::Forbidden(why) => Failure::new(ErrorCode::Forbidden, why),
         Denied::Conflict(why) => Failure::new(ErrorCode::Conflict, why),
     })

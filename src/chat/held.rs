@@ -342,7 +342,7 @@ pub(super) fn reads_much(command: &Command) -> bool {
         command,
         Command::History { .. }
             | Command::Sync { .. }
-            | Command::GroupList
+            | Command::GroupList { .. }
             | Command::GroupMembers { .. }
     )
 }

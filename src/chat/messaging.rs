@@ -61,22 +61,25 @@ pub struct Accepted {
 }
 
 impl Service {
-    /// Resolves `@user` / `#group` and checks that `me` may talk there.
+    /// Resolves `@user` / `#group` and checks that `me` may talk there. A private group the
+    /// caller is not in answers as a missing one; a missing user costs from the caller's budget
+    /// of unknown names.
     pub(super) fn conversation(
         &mut self,
         me: &Identity,
         address: &str,
+        now: Now,
     ) -> Result<Conversation, Failure> {
         if let Some(name) = address.strip_prefix('#') {
-            let group = self.find_group(name)?;
-            allow(self.actor(me, &group)?, Action::Converse)?;
+            let (group, actor) = self.visible_group(me, name)?;
+            allow(actor, Action::Converse)?;
             Ok(Conversation {
                 address: address.to_string(),
                 target: Target::Group(group.id),
                 peer: None,
             })
         } else if let Some(name) = address.strip_prefix('@') {
-            let user = self.find_user(name)?;
+            let user = self.find_user_for(me, name, now)?;
             Ok(Conversation {
                 address: address.to_string(),
                 target: Target::Direct(user.id),
@@ -128,7 +131,7 @@ impl Service {
         client_id: Option<String>,
         now: Now,
     ) -> Outcome {
-        let conversation = match self.check_send(me, to, &text, client_id.as_deref()) {
+        let conversation = match self.check_send(me, to, &text, client_id.as_deref(), now) {
             Ok(c) => c,
             Err(f) => return Outcome::Reply(Err(f)),
         };
@@ -178,8 +181,9 @@ impl Service {
         to: &str,
         text: &str,
         client_id: Option<&str>,
+        now: Now,
     ) -> Result<Conversation, Failure> {
-        let conversation = self.conversation(me, to)?;
+        let conversation = self.conversation(me, to, now)?;
         if text.is_empty() {
             return fail(ErrorCode::BadRequest, "text is empty");
         }
@@ -276,7 +280,7 @@ impl Service {
                 let f = Failure::new(ErrorCode::Unavailable, "the file could not be stored");
                 return self.refuse_message(conn, id, &m, f);
             }
-            Ok(Written::Conflict) => {
+            Ok(Written::Conflict | Written::TooManyGroups { .. }) => {
                 return self.refuse_message(
                     conn,
                     id,
@@ -329,7 +333,7 @@ impl Service {
     }
 
     pub(super) fn typing(&mut self, conn: ConnId, me: &Identity, to: &str, now: Now) -> Reply {
-        let conversation = self.conversation(me, to)?;
+        let conversation = self.conversation(me, to, now)?;
         if !self.per_user.take(me.id, Act::Typing, now.mono) {
             return over_rate("typing notices");
         }
@@ -353,8 +357,9 @@ impl Service {
         with: &str,
         before: Option<i64>,
         limit: Option<i64>,
+        now: Now,
     ) -> Reply {
-        let conversation = self.conversation(me, with)?;
+        let conversation = self.conversation(me, with, now)?;
         let limit = match limit {
             None => 50,
             Some(n) if n < 1 => return fail(ErrorCode::BadRequest, "limit is at least 1"),

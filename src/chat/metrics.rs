@@ -31,6 +31,10 @@ pub struct ChatMetrics {
     pub logins_refused_account: u64,
     /// `login`/`auth` refused over `--max-connections-per-user`.
     pub auth_refused_per_user: u64,
+    /// Lookups of users by name refused because the caller's budget of unknown names was spent.
+    pub unknown_user_refusals: u64,
+    /// `group.create` and `group.join` refused by the per-user limits on groups.
+    pub group_limit_refusals: u64,
 }
 
 /// Counters of file uploads.
@@ -87,6 +91,18 @@ impl Service {
             "counter",
             "Messages (and their files) deleted by --message-retention or --file-retention.",
             m.pruned,
+        );
+        one(
+            "chatd_unknown_user_refusals_total",
+            "counter",
+            "Lookups of users by name refused with rate_limited: the caller's budget of unknown names was spent.",
+            m.unknown_user_refusals,
+        );
+        one(
+            "chatd_group_limit_refusals_total",
+            "counter",
+            "group.create, group.join and ownership hand-overs refused by the per-user group limits.",
+            m.group_limit_refusals,
         );
         one(
             "chatd_commit_failures_total",

@@ -8,10 +8,11 @@
 //!    and its one output, [`Effect`]s; the command table and the [`Outcome`] of every handler.
 //! 4. [`held`]: replies in request order, and closing after the replies owed.
 //! 5. The handlers by job: [`accounts`] (with [`login_guard`]), [`sessions`] (credentials on
-//!    live connections), [`presence`], [`groups`], [`messaging`], [`files`].
+//!    live connections), [`presence`], [`groups`], [`listing`], [`messaging`], [`files`].
 //! 6. [`batch`]: the iteration's writes, committed off the loop, and what follows each;
 //!    [`retention`]: the prunes that join it.
-//! 7. [`directory`]: users, groups and roles remembered from the store.
+//! 7. [`directory`]: users, groups and roles remembered from the store; [`probes`]: the
+//!    price of naming users who do not exist.
 //! 8. [`metrics`]; the workers the loop runs for the service: [`hasher`] (passwords) and
 //!    [`upload`] (files on disk).
 
@@ -24,12 +25,14 @@ pub mod files;
 pub mod groups;
 pub mod hasher;
 pub mod held;
+pub mod listing;
 pub mod login_guard;
 pub mod messaging;
 pub mod metrics;
 pub mod names;
 pub mod permissions;
 pub mod presence;
+pub mod probes;
 pub mod protocol;
 pub mod ratelimit;
 pub mod retention;

@@ -2,6 +2,7 @@
 //!
 //! | action            | who may                                                        |
 //! |-------------------|----------------------------------------------------------------|
+//! | see               | public: anyone; private: members and invited users (others are told it does not exist) |
 //! | join              | public: anyone not banned; private: only with an invitation    |
 //! | leave             | any member but the owner (who hands over or deletes first)     |
 //! | invite            | owner, admin                                                   |
@@ -13,6 +14,11 @@
 //!
 //! A server admin (granted by the operator, `chatd admin grant`) may do in any group what its
 //! owner may.
+//!
+//! The caller's standing is checked before anything about a target is read: `see` comes first
+//! for every command that names a group, and kick and role changes check the caller's rights
+//! ([`Action::KickSomeone`], [`Action::ChangeRoles`]) before the target is looked up. So an
+//! outsider's answer never depends on who is a member.
 //!
 //! Each rule is a pure function of the actor's standing and the target's; [`check`] reads like
 //! the table. The service looks up the facts (roles, bans, invitations) and asks.
@@ -42,6 +48,13 @@ impl Actor {
 /// An action on a group, with the facts about its target that the rules need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Learn that the group exists: the first check of every command that names it.
+    See {
+        /// The group is private.
+        private: bool,
+        /// The actor holds an invitation.
+        invited: bool,
+    },
     /// Join the group.
     Join {
         /// The group is private.
@@ -55,6 +68,8 @@ pub enum Action {
     Leave,
     /// Invite someone.
     Invite,
+    /// The caller's side of a kick, checked before the target is looked up.
+    KickSomeone,
     /// Remove a member whose role is `target`; `is_self` when the actor names itself.
     Kick {
         /// The target's role.
@@ -62,6 +77,8 @@ pub enum Action {
         /// The actor kicks itself.
         is_self: bool,
     },
+    /// The caller's side of a role change, checked before the target is looked up.
+    ChangeRoles,
     /// Give a member (role `target`) the role `new`.
     SetRole {
         /// The target's current role.
@@ -85,6 +102,8 @@ pub enum Action {
 /// Why an action is refused. `Forbidden` answers `forbidden`; the others say which rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
+    /// The group is private and the actor an outsider: answered as if it did not exist.
+    Hidden,
     /// Not allowed, with the rule in words.
     Forbidden(&'static str),
     /// Already the case (joining twice).
@@ -97,6 +116,12 @@ pub fn check(actor: Actor, action: Action) -> Result<(), Denied> {
     use Role::{Admin, Member, Owner};
     let role = actor.effective();
     match action {
+        Action::See { private: false, .. } | Action::See { invited: true, .. } => Ok(()),
+        Action::See { .. } => match role {
+            Some(_) => Ok(()),
+            None => Err(Denied::Hidden),
+        },
+
         Action::Join { .. } if actor.role.is_some() => Err(Conflict("already a member")),
         Action::Join {
             banned: true,
@@ -123,6 +148,10 @@ pub fn check(actor: Actor, action: Action) -> Result<(), Denied> {
             _ => Err(Forbidden("only the owner or an admin may invite")),
         },
 
+        Action::KickSomeone => match role {
+            Some(Owner | Admin) => Ok(()),
+            _ => Err(Forbidden("only the owner or an admin may kick")),
+        },
         Action::Kick { target: Owner, .. } => {
             Err(Forbidden("nobody kicks the owner; hand over first"))
         }
@@ -134,7 +163,7 @@ pub fn check(actor: Actor, action: Action) -> Result<(), Denied> {
             _ => Err(Forbidden("only the owner or an admin may kick")),
         },
 
-        Action::SetRole { .. } if role != Some(Owner) => {
+        Action::ChangeRoles | Action::SetRole { .. } if role != Some(Owner) => {
             Err(Forbidden("only the owner may change roles"))
         }
         Action::SetRole {
@@ -142,7 +171,7 @@ pub fn check(actor: Actor, action: Action) -> Result<(), Denied> {
         } if new != Owner => Err(Forbidden(
             "the owner's role changes only by handing ownership to another member",
         )),
-        Action::SetRole { .. } => Ok(()),
+        Action::ChangeRoles | Action::SetRole { .. } => Ok(()),
 
         Action::Delete => match role {
             Some(Owner) => Ok(()),
@@ -268,6 +297,27 @@ mod tests {
         )
         .is_err());
         assert!(check(ADMIN_OF_SERVER, set(Admin, Owner)).is_ok());
+    }
+
+    #[test]
+    fn outsiders_do_not_see_private_groups() {
+        let see = |private, invited| Action::See { private, invited };
+        assert!(check(as_role(None), see(false, false)).is_ok());
+        assert_eq!(check(as_role(None), see(true, false)), Err(Denied::Hidden));
+        assert!(check(as_role(None), see(true, true)).is_ok());
+        assert!(check(as_role(Some(Member)), see(true, false)).is_ok());
+        assert!(check(ADMIN_OF_SERVER, see(true, false)).is_ok());
+    }
+
+    #[test]
+    fn the_callers_rights_come_before_the_target() {
+        assert!(check(as_role(None), Action::KickSomeone).is_err());
+        assert!(check(as_role(Some(Member)), Action::KickSomeone).is_err());
+        assert!(check(as_role(Some(Admin)), Action::KickSomeone).is_ok());
+        assert!(check(ADMIN_OF_SERVER, Action::KickSomeone).is_ok());
+        assert!(check(as_role(Some(Admin)), Action::ChangeRoles).is_err());
+        assert!(check(as_role(Some(Owner)), Action::ChangeRoles).is_ok());
+        assert!(check(ADMIN_OF_SERVER, Action::ChangeRoles).is_ok());
     }
 
     #[test]

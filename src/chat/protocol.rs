@@ -106,9 +106,14 @@ pub enum Command {
         /// Group name.
         group: String,
     },
-    /// List public groups and the caller's groups.
+    /// A page of the public groups and the caller's groups, by name.
     #[serde(rename = "group.list")]
-    GroupList,
+    GroupList {
+        /// Page size (default and most: [`GROUP_PAGE`]).
+        limit: Option<i64>,
+        /// Only groups whose name sorts after this one (the `next` of the previous page).
+        after: Option<String>,
+    },
     /// Send a message to `@user` or `#group`.
     #[serde(rename = "send")]
     Send {
@@ -157,6 +162,9 @@ pub enum Command {
         since: i64,
     },
 }
+
+/// The most groups one `group.list` reply holds, and its page size when none is asked for.
+pub const GROUP_PAGE: usize = 100;
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq)]

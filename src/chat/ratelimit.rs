@@ -68,6 +68,8 @@ pub enum Act {
     GroupCreate,
     /// `file.upload`.
     Upload,
+    /// Naming a user who does not exist (see [`super::probes`]).
+    UnknownUser,
 }
 
 /// The rates of each [`Act`].
@@ -81,6 +83,8 @@ pub struct UserRates {
     pub group_create: Rate,
     /// Uploads started.
     pub upload: Rate,
+    /// Names of users who do not exist.
+    pub unknown_user: Rate,
 }
 
 impl UserRates {
@@ -90,6 +94,7 @@ impl UserRates {
             Act::Typing => self.typing,
             Act::GroupCreate => self.group_create,
             Act::Upload => self.upload,
+            Act::UnknownUser => self.unknown_user,
         }
     }
 }
@@ -112,6 +117,14 @@ impl PerUser {
             rates,
             buckets: HashMap::new(),
         }
+    }
+
+    /// Whether `user` has a token for `act` at `now` (without taking it).
+    pub fn available(&self, user: UserId, act: Act, now: Instant) -> bool {
+        let r = self.rates.of(act);
+        self.buckets
+            .get(&(user, act))
+            .is_none_or(|b| b.available(r.per_sec, r.burst, now))
     }
 
     /// Takes a token for `user`'s `act`, if there is one.
@@ -146,6 +159,7 @@ mod tests {
         assert!(!b.take(1.0, 3.0, t0));
         assert!(!b.available(1.0, 3.0, t0 + Duration::from_millis(500)));
         assert!(!b.take(1.0, 3.0, t0 + Duration::from_millis(500)));
+        assert!(b.available(1.0, 3.0, t0 + Duration::from_millis(1600)));
         assert!(b.take(1.0, 3.0, t0 + Duration::from_millis(1600)));
         assert!(b.is_full(1.0, 3.0, t0 + Duration::from_secs(10)));
     }
@@ -161,6 +175,7 @@ mod tests {
             typing: one,
             group_create: one,
             upload: one,
+            unknown_user: one,
         };
         let t0 = Instant::now();
         let mut users = PerUser::new(rates);

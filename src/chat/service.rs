@@ -409,7 +409,7 @@ impl Service {
                 with,
                 before,
                 limit,
-            } => reply(self.history(&me, &with, before, limit)),
+            } => reply(self.history(&me, &with, before, limit, now)),
             Command::Sync { since } => Outcome::ReplyAndRecover(Ok(json!({})), me.id, since),
             Command::FileUpload {
                 to,
@@ -417,7 +417,7 @@ impl Service {
                 size,
                 mime,
             } => match self.per_user.take(me.id, Act::Upload, now.mono) {
-                true => reply(self.file_upload(conn, id, &me, &to, name, size, mime)),
+                true => reply(self.file_upload(conn, id, &me, &to, name, size, mime, now)),
                 false => reply(over_rate("uploads")),
             },
             Command::FileCancel => reply(self.file_cancel(conn)),
@@ -429,12 +429,18 @@ impl Service {
             }
             Command::GroupJoin { group } => self.group_join(&me, &group),
             Command::GroupLeave { group } => self.group_leave(&me, &group),
-            Command::GroupInvite { group, user } => self.group_invite(&me, &group, &user),
-            Command::GroupKick { group, user, ban } => self.group_kick(&me, &group, &user, ban),
-            Command::GroupRole { group, user, role } => self.group_role(&me, &group, &user, &role),
+            Command::GroupInvite { group, user } => self.group_invite(&me, &group, &user, now),
+            Command::GroupKick { group, user, ban } => {
+                self.group_kick(&me, &group, &user, ban, now)
+            }
+            Command::GroupRole { group, user, role } => {
+                self.group_role(&me, (&group, &user, &role), now)
+            }
             Command::GroupDelete { group } => self.group_delete(&me, &group),
             Command::GroupMembers { group } => reply(self.group_members(&me, &group)),
-            Command::GroupList => reply(self.group_list(&me)),
+            Command::GroupList { limit, after } => {
+                reply(self.group_list(&me, limit, after.as_deref()))
+            }
         }
     }
 

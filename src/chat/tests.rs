@@ -61,6 +61,10 @@ fn settings() -> Settings {
                 per_sec: 1000.0,
                 burst: 1000.0,
             },
+            unknown_user: Rate {
+                per_sec: 1000.0,
+                burst: 1000.0,
+            },
         },
         files_dir: std::env::temp_dir().join("chatd-service-tests-unused"),
         max_file_size: 1 << 20,
@@ -68,6 +72,8 @@ fn settings() -> Settings {
         min_free_disk: 0,
         message_retention: None,
         file_retention: None,
+        max_groups_per_user: 500,
+        max_owned_groups_per_user: 100,
     }
 }
 
@@ -512,13 +518,14 @@ fn permissions_are_checked_before_anything_is_written() {
         json!({"type": "group.create", "group": "club", "private": true}),
     );
     let writes_before = l.svc.metrics.batched;
+    // a private group is not there for outsiders
     assert_eq!(
         l.error(2, json!({"type": "group.join", "group": "club"})),
-        "forbidden"
+        "not_found"
     );
     assert_eq!(
         l.error(3, json!({"type": "send", "to": "#club", "text": "hi"})),
-        "forbidden"
+        "not_found"
     );
     assert_eq!(
         l.svc.metrics.batched, writes_before,
@@ -551,11 +558,11 @@ fn permissions_are_checked_before_anything_is_written() {
     );
     assert_eq!(
         l.error(2, json!({"type": "group.join", "group": "club"})),
-        "forbidden"
+        "not_found"
     );
     assert_eq!(
         l.error(2, json!({"type": "history", "with": "#club"})),
-        "forbidden"
+        "not_found"
     );
     l.ok(1, json!({"type": "group.delete", "group": "club"}));
     assert_eq!(

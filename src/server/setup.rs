@@ -50,6 +50,7 @@ fn user_rates(cfg: &Config) -> UserRates {
         typing: rate(cfg.typing_rate, cfg.typing_burst),
         group_create: rate(cfg.group_create_rate / 60.0, cfg.group_create_burst),
         upload: rate(cfg.upload_rate / 60.0, cfg.upload_burst),
+        unknown_user: rate(cfg.unknown_user_rate / 60.0, cfg.unknown_user_burst),
     }
 }
 
@@ -85,6 +86,8 @@ pub(super) fn settings(cfg: &Config) -> Settings {
         min_free_disk: cfg.min_free_disk,
         message_retention: cfg.message_retention,
         file_retention: cfg.file_retention,
+        max_groups_per_user: cfg.max_groups_per_user,
+        max_owned_groups_per_user: cfg.max_owned_groups_per_user,
     }
 }
 

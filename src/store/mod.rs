@@ -9,6 +9,9 @@
 //! the same two halves. Every query binds its parameters; statements are cached by rusqlite.
 
 mod admins;
+#[cfg(test)]
+mod group_tests;
+mod group_write;
 mod messages;
 mod prune;
 mod read;
@@ -20,7 +23,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, ErrorCode};
 
-pub use write::{Batch, PartFile, Write, Written};
+pub use write::{Batch, GroupLimits, PartFile, Write, Written};
 pub use writer::{Committed, Writer};
 
 /// Row id of a user.
@@ -335,6 +338,15 @@ mod tests {
             private,
             owner,
             created_ms: 1,
+            limits: GroupLimits::NONE,
+        }
+    }
+
+    fn join(group: GroupId, user: UserId) -> Write {
+        Write::Join {
+            group,
+            user,
+            limits: GroupLimits::NONE,
         }
     }
 
@@ -419,7 +431,7 @@ mod tests {
             &mut s,
             vec![
                 group(g, "g", true, a),
-                Write::Join { group: g, user: b },
+                join(g, b),
                 Write::RemoveMember {
                     group: g,
                     user: b,
@@ -452,11 +464,12 @@ mod tests {
         commit(
             &mut s,
             vec![
-                Write::Join { group: g, user: b },
+                join(g, b),
                 Write::TransferOwnership {
                     group: g,
                     from: a,
                     to: b,
+                    limits: GroupLimits::NONE,
                 },
             ],
         );
@@ -470,15 +483,16 @@ mod tests {
                 group: g,
                 from: a,
                 to: a,
+                limits: GroupLimits::NONE,
             }],
         );
         assert_eq!(again, vec![Written::Changed]);
         assert_eq!(s.role(g, b).unwrap(), Some(Role::Owner));
-        let list = s.list_groups(a).unwrap();
-        assert_eq!(list.len(), 1);
+        let (list, more) = s.list_groups(a, "", 10).unwrap();
+        assert_eq!((list.len(), more), (1, false));
         assert_eq!(list[0].members, 2);
         let c = user(&mut s, "c");
-        assert!(s.list_groups(c).unwrap().is_empty());
+        assert!(s.list_groups(c, "", 10).unwrap().0.is_empty());
         commit(
             &mut s,
             vec![
@@ -546,7 +560,7 @@ mod tests {
                 msg(1, a, Target::Group(1), None),
                 Write::DeleteGroup { group: 1 },
                 msg(2, a, Target::Group(1), None),
-                Write::Join { group: 1, user: b },
+                join(1, b),
                 msg(3, a, Target::Direct(b), None),
             ],
         );

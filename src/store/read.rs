@@ -149,18 +149,33 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Public groups and the user's own groups, with member counts and the user's role.
-    pub fn list_groups(&self, user: UserId) -> Result<Vec<GroupSummary>> {
+    /// A page of the groups `user` may see (public ones and its own), by name: at most
+    /// `limit` whose names sort after `after`, and whether more follow. Two bounded index
+    /// reads, merged: public groups by name (`groups_public_by_name`), and the user's own
+    /// private groups (`members_by_user`, which the per-user group limit bounds); member counts
+    /// are kept on the group row.
+    pub fn list_groups(
+        &self,
+        user: UserId,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<GroupSummary>, bool)> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT g.id, g.name, g.private,
-                    (SELECT COUNT(*) FROM members c WHERE c.group_id = g.id),
-                    (SELECT m.role FROM members m WHERE m.group_id = g.id AND m.user_id = ?1)
-             FROM groups g
-             WHERE g.private = 0
-                OR EXISTS (SELECT 1 FROM members m WHERE m.group_id = g.id AND m.user_id = ?1)
-             ORDER BY g.name",
+            "SELECT p.id, p.name, p.private, p.member_count,
+                    (SELECT m.role FROM members m WHERE m.group_id = p.id AND m.user_id = ?1)
+             FROM (
+                SELECT * FROM (SELECT id, name, private, member_count FROM groups
+                               WHERE private = 0 AND name > ?2 ORDER BY name LIMIT ?3)
+                UNION ALL
+                SELECT * FROM (SELECT g.id, g.name, g.private, g.member_count
+                               FROM members m JOIN groups g ON g.id = m.group_id
+                               WHERE m.user_id = ?1 AND g.private = 1 AND g.name > ?2
+                               ORDER BY g.name LIMIT ?3)
+             ) AS p
+             ORDER BY p.name LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![user], |r| {
+        let fetch = limit.saturating_add(1) as i64;
+        let rows = stmt.query_map(params![user, after, fetch], |r| {
             let role: Option<String> = r.get(4)?;
             Ok(GroupSummary {
                 group: Group {
@@ -168,11 +183,14 @@ impl Store {
                     name: r.get(1)?,
                     private: r.get(2)?,
                 },
-                members: r.get::<_, i64>(3)? as u64,
+                members: r.get::<_, i64>(3)?.max(0) as u64,
                 role: role.as_deref().and_then(Role::parse),
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut page: Vec<GroupSummary> = rows.collect::<rusqlite::Result<_>>()?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, more))
     }
 
     /// Bytes of the files a user has stored (an index range: `files_by_owner`).

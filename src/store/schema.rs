@@ -101,6 +101,18 @@ pub const MIGRATIONS: &[&str] = &[
         user_id     INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
         granted_ms  INTEGER NOT NULL
     );",
+    // 7: `group.list` reads a bounded page: public groups in name order from their own index,
+    // and member counts kept on the group row by triggers (instead of counting every member of
+    // every listed group).
+    "ALTER TABLE groups ADD COLUMN member_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE groups SET member_count = (SELECT COUNT(*) FROM members WHERE group_id = groups.id);
+    CREATE TRIGGER members_count_in AFTER INSERT ON members BEGIN
+        UPDATE groups SET member_count = member_count + 1 WHERE id = NEW.group_id;
+    END;
+    CREATE TRIGGER members_count_out AFTER DELETE ON members BEGIN
+        UPDATE groups SET member_count = member_count - 1 WHERE id = OLD.group_id;
+    END;
+    CREATE INDEX groups_public_by_name ON groups(name) WHERE private = 0;",
 ];
 
 /// Brings the database up to the latest version, one transaction per step.

@@ -13,6 +13,10 @@ use std::path::PathBuf;
 
 use rusqlite::{ffi, params, Connection, OptionalExtension, Transaction};
 
+pub use super::group_write::GroupLimits;
+use super::group_write::{
+    create_group, delete_group, invite, join, remove_member, set_role, transfer_ownership, within,
+};
 use super::{pair, GroupId, NewMessage, Result, Role, StoreError, UserId};
 
 /// A file whose bytes are all written but not yet durable: the writer syncs it and moves it
@@ -82,7 +86,8 @@ pub enum Write {
         token_hash: [u8; 32],
     },
     /// Create a group under an id the caller chose, with `owner` as its owner; or
-    /// [`Written::Conflict`] if the name is taken.
+    /// [`Written::Conflict`] if the name is taken, [`Written::TooManyGroups`] if the owner
+    /// would be over a limit.
     CreateGroup {
         /// The new group's id (never reused while the server runs).
         id: GroupId,
@@ -94,14 +99,19 @@ pub enum Write {
         owner: UserId,
         /// Server time, ms since the epoch.
         created_ms: i64,
+        /// The owner's limits.
+        limits: GroupLimits,
     },
     /// Add a member, clearing any invitation: [`Written::Conflict`] if already one,
-    /// [`Written::Gone`] if the group was deleted meanwhile.
+    /// [`Written::Gone`] if the group was deleted meanwhile, [`Written::TooManyGroups`] if the
+    /// user is in as many groups as `limits` allows.
     Join {
         /// The group.
         group: GroupId,
         /// The new member.
         user: UserId,
+        /// The new member's limits.
+        limits: GroupLimits,
     },
     /// Change a member's role from `from` to `to`; [`Written::Changed`] if the role is no
     /// longer `from` (changed, or the member gone, since the request was checked).
@@ -116,7 +126,8 @@ pub enum Write {
         to: Role,
     },
     /// Make member `to` the owner and the owner `from` an admin; [`Written::Changed`] if `from`
-    /// is no longer the owner or `to` no longer a member.
+    /// is no longer the owner or `to` no longer a member, [`Written::TooManyGroups`] if `to`
+    /// owns as many groups as `limits` allows.
     TransferOwnership {
         /// The group.
         group: GroupId,
@@ -124,6 +135,8 @@ pub enum Write {
         from: UserId,
         /// The new owner.
         to: UserId,
+        /// The new owner's limits.
+        limits: GroupLimits,
     },
     /// Remove a member whose role is still `role`; with `ban`, also bar them from joining
     /// again. [`Written::Changed`] if the member left or changed role meanwhile.
@@ -182,6 +195,12 @@ pub enum Written {
     /// What the request was checked against changed before the write (a member left or changed
     /// role, the sender of a group message is no longer a member): nothing was written.
     Changed,
+    /// The user would be in (`owned: false`) or own (`owned: true`) more groups than its
+    /// limits allow: nothing was written.
+    TooManyGroups {
+        /// The limit on groups owned, rather than on groups joined.
+        owned: bool,
+    },
     /// This write alone could not be stored (its file could not be synced).
     Failed(String),
 }
@@ -306,19 +325,34 @@ fn one(
             private,
             owner,
             created_ms,
+            limits,
         } => in_savepoint(tx, |tx| {
-            create_group(tx, id, &name, private, owner, created_ms)
+            create_group(tx, id, &name, private, owner, created_ms)?;
+            Ok(within(tx, owner, limits)?.unwrap_or(Written::Done(0)))
         }),
-        Write::Join { group, user } => in_savepoint(tx, |tx| join(tx, group, user)),
+        Write::Join {
+            group,
+            user,
+            limits,
+        } => in_savepoint(tx, |tx| {
+            join(tx, group, user)?;
+            Ok(within(tx, user, limits)?.unwrap_or(Written::Done(0)))
+        }),
         Write::SetRole {
             group,
             user,
             from,
             to,
         } => in_savepoint(tx, |tx| set_role(tx, group, user, from, to)),
-        Write::TransferOwnership { group, from, to } => {
-            in_savepoint(tx, |tx| transfer_ownership(tx, group, from, to))
-        }
+        Write::TransferOwnership {
+            group,
+            from,
+            to,
+            limits,
+        } => in_savepoint(tx, |tx| match transfer_ownership(tx, group, from, to)? {
+            Written::Done(_) => Ok(within(tx, to, limits)?.unwrap_or(Written::Done(0))),
+            other => Ok(other),
+        }),
         Write::RemoveMember {
             group,
             user,
@@ -334,133 +368,6 @@ fn one(
         } => super::prune::prune(tx, messages_before, files_before, limit, orphans),
     };
     settle(outcome)
-}
-
-fn create_group(
-    tx: &Transaction,
-    id: GroupId,
-    name: &str,
-    private: bool,
-    owner: UserId,
-    created_ms: i64,
-) -> rusqlite::Result<Written> {
-    tx.prepare_cached(
-        "INSERT INTO groups (id, name, private, created_ms) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![id, name, private, created_ms])?;
-    tx.prepare_cached("INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, 'owner')")?
-        .execute(params![id, owner])?;
-    Ok(Written::Done(0))
-}
-
-fn join(tx: &Transaction, group: GroupId, user: UserId) -> rusqlite::Result<Written> {
-    tx.prepare_cached("INSERT INTO members (group_id, user_id, role) VALUES (?1, ?2, 'member')")?
-        .execute(params![group, user])?;
-    tx.prepare_cached("DELETE FROM invites WHERE group_id = ?1 AND user_id = ?2")?
-        .execute(params![group, user])?;
-    Ok(Written::Done(0))
-}
-
-/// `Done` when exactly one row changed, else `Changed`.
-fn one_row(changed: usize) -> Written {
-    if changed == 1 {
-        Written::Done(0)
-    } else {
-        Written::Changed
-    }
-}
-
-fn set_role(
-    tx: &Transaction,
-    group: GroupId,
-    user: UserId,
-    from: Role,
-    to: Role,
-) -> rusqlite::Result<Written> {
-    let changed = tx
-        .prepare_cached(
-            "UPDATE members SET role = ?4 WHERE group_id = ?1 AND user_id = ?2 AND role = ?3",
-        )?
-        .execute(params![group, user, from.as_str(), to.as_str()])?;
-    Ok(one_row(changed))
-}
-
-fn transfer_ownership(
-    tx: &Transaction,
-    group: GroupId,
-    from: UserId,
-    to: UserId,
-) -> rusqlite::Result<Written> {
-    let mut stmt = tx.prepare_cached(
-        "UPDATE members SET role = ?4 WHERE group_id = ?1 AND user_id = ?2 AND role = ?3",
-    )?;
-    let owner = Role::Owner.as_str();
-    if stmt.execute(params![group, from, owner, Role::Admin.as_str()])? != 1 {
-        return Ok(Written::Changed);
-    }
-    let changed = tx
-        .prepare_cached(
-            "UPDATE members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2 AND role <> ?3",
-        )?
-        .execute(params![group, to, owner])?;
-    Ok(one_row(changed))
-}
-
-fn remove_member(
-    tx: &Transaction,
-    group: GroupId,
-    user: UserId,
-    role: Role,
-    ban: bool,
-) -> rusqlite::Result<Written> {
-    let changed = tx
-        .prepare_cached("DELETE FROM members WHERE group_id = ?1 AND user_id = ?2 AND role = ?3")?
-        .execute(params![group, user, role.as_str()])?;
-    if changed != 1 {
-        return Ok(Written::Changed);
-    }
-    if ban {
-        tx.prepare_cached("INSERT OR IGNORE INTO bans (group_id, user_id) VALUES (?1, ?2)")?
-            .execute(params![group, user])?;
-    }
-    Ok(Written::Done(0))
-}
-
-fn invite(tx: &Transaction, group: GroupId, user: UserId) -> rusqlite::Result<Written> {
-    tx.prepare_cached("DELETE FROM bans WHERE group_id = ?1 AND user_id = ?2")?
-        .execute(params![group, user])?;
-    tx.prepare_cached("INSERT OR IGNORE INTO invites (group_id, user_id) VALUES (?1, ?2)")?
-        .execute(params![group, user])?;
-    Ok(Written::Done(0))
-}
-
-/// Deletes a group; its history and memberships go with it (`ON DELETE CASCADE`), its files'
-/// bytes once the batch is committed.
-fn delete_group(
-    tx: &Transaction,
-    group: GroupId,
-    orphans: &mut Orphans,
-) -> rusqlite::Result<Written> {
-    let files: Vec<String> = tx
-        .prepare_cached(
-            "SELECT f.id FROM files f JOIN messages m ON m.id = f.msg_id WHERE m.group_id = ?1",
-        )?
-        .query_map(params![group], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    // The newest messages may go with the group: their msg_ids stay taken.
-    tx.prepare_cached(
-        "INSERT INTO meta (key, value) SELECT 'msg_id_floor', COALESCE(MAX(id), 0) FROM messages
-         WHERE true ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-    )?
-    .execute([])?;
-    let deleted = tx
-        .prepare_cached("DELETE FROM groups WHERE id = ?1")?
-        .execute(params![group])?;
-    if deleted == 0 {
-        return Ok(Written::Gone);
-    }
-    orphans.extend(files);
-    Ok(Written::Done(0))
 }
 
 /// Runs several statements as one step that is undone as a whole when one of them fails, or

@@ -4,6 +4,7 @@
 // opens the client in Debian's Chromium (driven by playwright-core) in two browser contexts,
 // alice on a desktop-sized window and bob on a phone-sized one, and walks them through:
 // register and log in, a reload that stays logged in, a group that alice creates and bob joins,
+// a list of groups longer than one page of group.list (alice's group past the first page stays),
 // group and direct messages, unread counts, presence and the typing indicator, file uploads (a
 // file and an image) that bob sees and downloads, a server restart (kill -9 and start again on
 // the same port and data dir) with the pages reconnecting and catching up on what was sent
@@ -68,6 +69,9 @@ class Chatd {
       // One message per replay: catching up after the restart then takes several `sync`s.
       "--recovery-limit",
       "1",
+      // carl makes a page of groups at once (the per-user creation rate is not under test).
+      "--group-create-burst",
+      "1000",
     ];
     const proc = spawn(CHATD_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.proc = proc;
@@ -250,6 +254,47 @@ function countMessages(page, text) {
   );
 }
 
+/**
+ * Runs in a page: a chat socket of its own as `user` (registered on first use), which creates
+ * or deletes the public groups `${prefix}000` ... and resolves with how many succeeded. A
+ * `rate_limited` reply is waited out and the request sent again.
+ */
+async function helperSocket({ user, password, prefix, n, op }) {
+  const ws = new WebSocket(`ws://${location.host}/ws`);
+  await new Promise((ok, fail) => {
+    ws.onopen = ok;
+    ws.onerror = () => fail(new Error("helper socket failed"));
+  });
+  const waiting = new Map();
+  let nextId = 1;
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    waiting.get(m.re)?.(m);
+    waiting.delete(m.re);
+  };
+  const ask = async (body) => {
+    for (;;) {
+      const id = nextId++;
+      const reply = await new Promise((ok) => {
+        waiting.set(id, ok);
+        ws.send(JSON.stringify({ ...body, id }));
+      });
+      if (reply.code !== "rate_limited") return reply;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  };
+  if (op === "create") await ask({ type: "register", user, password });
+  await ask({ type: "login", user, password });
+  let done = 0;
+  for (let i = 0; i < n; i++) {
+    const group = `${prefix}${String(i).padStart(3, "0")}`;
+    const reply = await ask(op === "create" ? { type: "group.create", group } : { type: "group.delete", group });
+    if (reply.type === "ok") done++;
+  }
+  ws.close();
+  return done;
+}
+
 function presenceOf(page, scope, user) {
   return page
     .locator(`${scope} [data-testid="presence"][data-user="${user}"]`)
@@ -394,6 +439,21 @@ async function main() {
       // Own messages are marked as such.
       const own = await alice.page.locator('#messages [data-testid="message"].own').count();
       assert.equal(own, 1);
+    });
+
+    await step("the list of groups comes a page at a time, and a group past the first page stays", async () => {
+      // carl, on a socket of his own opened from alice's page, creates 100 public groups whose
+      // names sort before #team, so that alice's #team is on the second page of group.list.
+      const created = await alice.page.evaluate(helperSocket, { user: "carl", password: PASSWORD, prefix: "aa", n: 100, op: "create" });
+      assert.equal(created, 100);
+      await alice.page.getByTestId("refresh-groups").click();
+      await alice.page.locator('[data-testid="joinable-group"][data-group="aa099"]').waitFor({ state: "attached" });
+      // Read in one page, #team would be gone from alice's groups by now.
+      assert.equal(await alice.page.locator('#group-list [data-address="#team"]').count(), 1);
+      const deleted = await alice.page.evaluate(helperSocket, { user: "carl", password: PASSWORD, prefix: "aa", n: 100, op: "delete" });
+      assert.equal(deleted, 100);
+      await alice.page.getByTestId("refresh-groups").click();
+      await alice.page.locator('[data-testid="joinable-group"][data-group="aa000"]').waitFor({ state: "detached" });
     });
 
     await step("bob sees alice online in the member list", async () => {

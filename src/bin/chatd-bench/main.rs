@@ -134,6 +134,26 @@ pub enum Scenario {
         #[arg(long, default_value_t = 300.0)]
         rate: f64,
     },
+    /// Many public groups, `group.list` polled at a steady rate, and a bystander's `whoami`
+    /// round trip quiet and during the polling.
+    GroupList {
+        /// Public groups to create before measuring.
+        #[arg(long, default_value_t = 17_280)]
+        groups: usize,
+        /// Groups each creator user makes (no more than the server lets one user own).
+        #[arg(long, default_value_t = 100)]
+        per_creator: usize,
+        /// Connections polling `group.list`, one request in flight each.
+        #[arg(long, default_value_t = 3)]
+        pollers: usize,
+        /// `group.list` requests per second per poller, at most (the default command rate of
+        /// the server is 50).
+        #[arg(long, default_value_t = 40.0)]
+        poll_rate: f64,
+        /// `whoami` requests per second of the bystander, at most.
+        #[arg(long, default_value_t = 20.0)]
+        probe_rate: f64,
+    },
     /// Not a scenario: serve raw TCP echo or broadcast on `--server`, as a baseline to compare
     /// the WebSocket server with (run it, then point `echo`/`broadcast --raw` at it).
     RawServer {

@@ -10,6 +10,8 @@ use chatd::chat::auth::sign_jwt;
 use chatd::ws::Opcode;
 use serde_json::{json, Value};
 
+mod grouplist;
+
 use crate::pool::{Net, Pool};
 use crate::stats::{sample, stamp, Histogram, ProcSample};
 use crate::{Args, Scenario};
@@ -187,6 +189,23 @@ pub fn run(args: &Args, sources: &[Ipv4Addr]) -> io::Result<Report> {
             newcomers,
             rate,
         } => crate::joins::joins(args, sources, members, newcomers, rate),
+        Scenario::GroupList {
+            groups,
+            per_creator,
+            pollers,
+            poll_rate,
+            probe_rate,
+        } => grouplist::run(
+            args,
+            sources,
+            grouplist::Shape {
+                groups,
+                per_creator,
+                pollers: pollers.max(1),
+                poll_rate,
+                probe_rate,
+            },
+        ),
         Scenario::RawServer { .. } => unreachable!("handled in main"),
     }
 }
