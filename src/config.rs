@@ -132,6 +132,12 @@ pub struct Config {
     #[arg(long, env = "CHATD_MIN_FREE_DISK", default_value_t = 1 << 30)]
     pub min_free_disk: u64,
 
+    /// Groups with more members than this announce joins and leaves (`group.joined`,
+    /// `group.left`) only to the users they concern, not to every member: each announcement
+    /// costs a write per member, so a group filling up would cost O(members²).
+    #[arg(long, env = "CHATD_LARGE_GROUP", default_value_t = 1000)]
+    pub large_group: usize,
+
     /// Delete messages (with their files) older than this, e.g. `365d`. Unset: keep them.
     #[arg(long, env = "CHATD_MESSAGE_RETENTION", value_parser = parse_duration)]
     pub message_retention: Option<Duration>,

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 use support::chat::{self, session, user, Client, DataDir};
 use support::metric_value;
 
+use std::time::Duration;
+
 /// Sends `bodies` in one write, with ids, and returns their replies in order.
 fn pipeline(c: &mut Client, bodies: &[Value]) -> Vec<Value> {
     let texts: Vec<String> = bodies
@@ -280,4 +282,29 @@ fn group_list_answers_a_page_at_a_time() {
         (last["groups"].as_array().unwrap().len(), &last["more"]),
         (1, &json!(false))
     );
+}
+
+/// Past `--large-group` members, joins are announced to the joiner only; members can still ask
+/// for the list.
+#[test]
+fn a_large_group_does_not_announce_every_join_to_every_member() {
+    let dir = DataDir::new("large-group");
+    let server = chat::start(&dir, &["--large-group", "2"]);
+    let (mut owner, _) = user(&server, "owner");
+    owner.ok(json!({"type": "group.create", "group": "big"}));
+    let (mut first, _) = user(&server, "first");
+    first.ok(json!({"type": "group.join", "group": "big"}));
+    assert_eq!(
+        owner.event("group.joined")["user"],
+        "first",
+        "two members: announced"
+    );
+    assert_eq!(first.event("group.joined")["user"], "first");
+    let (mut second, _) = user(&server, "second");
+    second.ok(json!({"type": "group.join", "group": "big"}));
+    assert_eq!(second.event("group.joined")["user"], "second");
+    owner.no_event("group.joined", Duration::from_millis(300));
+    first.no_event("group.joined", Duration::from_millis(10));
+    let members = owner.ok(json!({"type": "group.members", "group": "big"}));
+    assert_eq!(members["members"].as_array().unwrap().len(), 3);
 }

@@ -209,6 +209,9 @@ impl Service {
             }
             self.complete(entry, result);
         }
+        if !self.membership_news.is_empty() {
+            self.flush_membership();
+        }
         conns.sort_unstable();
         conns.dedup();
         for conn in conns {

@@ -52,6 +52,8 @@ pub struct Settings {
     pub user_file_quota: u64,
     /// Uploads are refused while the disk would have less than this free after them.
     pub min_free_disk: u64,
+    /// Groups with more members than this announce joins and leaves only to the users concerned.
+    pub large_group: usize,
     /// Messages older than this are deleted.
     pub message_retention: Option<Duration>,
     /// Messages carrying a file older than this are deleted.

@@ -219,16 +219,14 @@ impl Service {
                 ("group.left", Some(by))
             }
         };
-        let members = self.members_of(group.id)?;
-        let mut conns = self.conns_of_names(&members);
-        if !joined {
-            conns.extend(self.conns_of(&user));
-        }
-        let mut fields = json!({ "group": group.name, "user": user });
-        if let Some(by) = by {
-            fields["by"] = json!(by);
-        }
-        self.broadcast(conns, &protocol::event(event, fields));
+        let members = self.members_of(group.id)?.len();
+        self.announce_membership(
+            (group.id, &group.name),
+            &user,
+            event,
+            by.as_deref(),
+            members,
+        );
         Ok(json!({}))
     }
 

@@ -17,6 +17,7 @@
 //!    [`upload`] (files on disk).
 
 pub mod accounts;
+pub mod announce;
 pub mod auth;
 pub mod batch;
 pub mod client;

@@ -151,6 +151,8 @@ pub struct Service {
     /// When the next prune is due (`None`: now), and whether one is out.
     pub(super) next_prune: Option<Instant>,
     pub(super) pruning: bool,
+    /// Membership changes of the commit being completed, for the members not told yet.
+    pub(super) membership_news: Vec<super::announce::News>,
     /// What each user may still do, across its connections.
     pub(super) per_user: PerUser,
     /// Failed logins per account, and per account and address.
@@ -239,6 +241,7 @@ impl Service {
             online: HashMap::new(),
             login_buckets: HashMap::new(),
             stored_bytes: HashMap::new(),
+            membership_news: Vec::new(),
             next_prune: None,
             pruning: false,
             login_guard: LoginGuard::default(),

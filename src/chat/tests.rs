@@ -70,6 +70,7 @@ fn settings() -> Settings {
         max_file_size: 1 << 20,
         user_file_quota: 0,
         min_free_disk: 0,
+        large_group: 1000,
         message_retention: None,
         file_retention: None,
         max_groups_per_user: 500,
@@ -92,6 +93,8 @@ struct Loop {
     next_id: u64,
     /// Output queues stay full until `drain_queues`.
     hold_drains: bool,
+    /// The frame counts of the shared buffers each connection was sent.
+    shared: HashMap<ConnId, Vec<u32>>,
     /// Connections waiting to hear their queue drained.
     awaiting: Vec<ConnId>,
 }
@@ -112,6 +115,7 @@ impl Loop {
             closed: Vec::new(),
             next_id: 1,
             hold_drains: false,
+            shared: HashMap::new(),
             awaiting: Vec::new(),
         }
     }
@@ -149,6 +153,7 @@ impl Loop {
                     let events = decode(&f);
                     assert_eq!(events.len(), n as usize);
                     self.frames.entry(c).or_default().extend(events);
+                    self.shared.entry(c).or_default().push(n);
                 }
                 Effect::Commit(batch) => self.commits.push(batch),
                 Effect::Hash(t, w) => self.hashes.push((t, w)),
@@ -999,4 +1004,64 @@ fn a_fresh_jwt_on_the_connection_moves_its_expiry_and_another_user_is_refused() 
     // It may authenticate again, as anyone.
     l.ok(2, json!({"type": "auth", "token": jwt_for("bob", 7200)}));
     assert_eq!(l.ok(2, json!({"type": "whoami"}))["user"], "bob");
+}
+
+/// The joins of one commit reach each other member as one shared buffer; the joiners hear of
+/// their own join at once, and not again in the buffer.
+#[test]
+fn joins_of_one_commit_are_announced_together() {
+    let mut l = Loop::new(settings());
+    l.user(1, "owner");
+    l.ok(1, json!({"type": "group.create", "group": "club"}));
+    l.user(2, "bystander");
+    l.ok(2, json!({"type": "group.join", "group": "club"}));
+    l.take(1);
+    l.take(2);
+    for (conn, name) in [(3, "ann"), (4, "ben"), (5, "cat")] {
+        l.user(conn, name);
+    }
+    for conn in [3, 4, 5] {
+        l.request(conn, json!({"type": "group.join", "group": "club"}));
+    }
+    l.settle();
+    let joined: Vec<Value> = l.events(2, "group.joined");
+    let users: Vec<&str> = joined.iter().map(|e| e["user"].as_str().unwrap()).collect();
+    assert_eq!(users, ["ann", "ben", "cat"]);
+    assert_eq!(l.shared[&2], [3], "one buffer of three events");
+    // ann heard of her own join once, and of the two others in a buffer of two.
+    let ann: Vec<Value> = l.events(3, "group.joined");
+    let users: Vec<&str> = ann.iter().map(|e| e["user"].as_str().unwrap()).collect();
+    assert_eq!(users, ["ann", "ben", "cat"]);
+    assert_eq!(l.shared[&3], [2]);
+}
+
+/// Past `--large-group` members, a join is announced to the joiner only.
+#[test]
+fn a_large_group_announces_joins_only_to_the_joiner() {
+    let mut s = settings();
+    s.large_group = 2;
+    let mut l = Loop::new(s);
+    l.user(1, "owner");
+    l.ok(1, json!({"type": "group.create", "group": "big"}));
+    l.user(2, "first");
+    l.ok(2, json!({"type": "group.join", "group": "big"}));
+    assert_eq!(
+        l.events(1, "group.joined").len(),
+        1,
+        "two members: announced"
+    );
+    l.user(3, "second");
+    l.request(3, json!({"type": "group.join", "group": "big"}));
+    l.settle();
+    assert_eq!(l.events(3, "group.joined").len(), 1, "the joiner hears");
+    assert!(
+        l.events(1, "group.joined").is_empty(),
+        "three members: not announced"
+    );
+    assert!(l.events(2, "group.joined").is_empty());
+    l.request(3, json!({"type": "group.leave", "group": "big"}));
+    l.settle();
+    assert_eq!(l.events(3, "group.left").len(), 1);
+    // Back to two members: announced again.
+    assert_eq!(l.events(1, "group.left").len(), 1);
 }

@@ -84,6 +84,7 @@ pub(super) fn settings(cfg: &Config) -> Settings {
         max_file_size: cfg.max_file_size,
         user_file_quota: cfg.user_file_quota,
         min_free_disk: cfg.min_free_disk,
+        large_group: cfg.large_group,
         message_retention: cfg.message_retention,
         file_retention: cfg.file_retention,
         max_groups_per_user: cfg.max_groups_per_user,
