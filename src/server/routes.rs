@@ -79,25 +79,12 @@ impl Server {
     /// token in the query), streamed from disk with `Range` support.
     fn download(&mut self, key: usize, req: &Request, file_id: &str, now: Now) {
         let head_only = req.method == "HEAD";
-        let refusal = |status: u16| Response::status(status);
-        let unauthorized =
-            |why: &str| Response::text(401, why).with_header("WWW-Authenticate", "Bearer");
         let outcome = if req.method != "GET" && !head_only {
-            Err(refusal(405).with_header("Allow", "GET, HEAD"))
+            Err(Response::status(405).with_header("Allow", "GET, HEAD"))
         } else {
-            match self.authorize(credential(req), file_id, now) {
-                Err(DownloadRefusal::Unauthenticated) => Err(refusal(401).with_header("WWW-Authenticate", "Bearer")),
-                Err(DownloadRefusal::BadLink) => Err(unauthorized(
-                    "this link is invalid or has expired; ask for a new one with file.link",
-                )),
-                Err(DownloadRefusal::TokenInUrl) => Err(unauthorized(
-                    "tokens in URLs are not accepted: send Authorization: Bearer, or use a link from file.link",
-                )),
-                Err(DownloadRefusal::Forbidden) => Err(refusal(403)),
-                Err(DownloadRefusal::NotFound) => Err(refusal(404)),
-                Err(DownloadRefusal::Unavailable) => Err(refusal(503)),
-                Ok((meta, path)) => open_range(&path, &meta, req.header("range")),
-            }
+            self.authorize(credential(req), file_id, now)
+                .map_err(refused)
+                .and_then(|(meta, path)| open_range(&path, &meta, req.header("range")))
         };
         let Some((conn, mut cx, ..)) = self.lend(key, now.mono) else {
             return;
@@ -179,6 +166,26 @@ impl Server {
             queued_bytes: self.conns.iter().map(|(_, c)| c.queued()).sum(),
             max_connections: self.max_connections,
         }
+    }
+}
+
+/// The answer to a refused download.
+fn refused(refusal: DownloadRefusal) -> Response {
+    let unauthorized =
+        |why: &str| Response::text(401, why).with_header("WWW-Authenticate", "Bearer");
+    match refusal {
+        DownloadRefusal::Unauthenticated => {
+            Response::status(401).with_header("WWW-Authenticate", "Bearer")
+        }
+        DownloadRefusal::BadLink => {
+            unauthorized("this link is invalid or has expired; ask for a new one with file.link")
+        }
+        DownloadRefusal::TokenInUrl => unauthorized(
+            "tokens in URLs are not accepted: send Authorization: Bearer, or use a link from file.link",
+        ),
+        DownloadRefusal::Forbidden => Response::status(403),
+        DownloadRefusal::NotFound => Response::status(404),
+        DownloadRefusal::Unavailable => Response::status(503),
     }
 }
 

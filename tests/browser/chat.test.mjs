@@ -27,7 +27,7 @@
 
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync, appendFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, appendFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -571,6 +571,14 @@ async function main() {
       );
       const status = await bob.page.evaluate(async (href) => (await fetch(href)).status, await link.getAttribute("href"));
       assert.equal(status, 200);
+      // A click on a link gone stale gets a fresh one first, then downloads.
+      await link.evaluate((a, old) => a.setAttribute("href", old), hrefBeforeRestart);
+      const [download] = await Promise.all([bob.page.waitForEvent("download"), link.click()]);
+      assert.equal(await download.failure(), null);
+      assert.equal(download.suggestedFilename(), "notes.bin");
+      const { pathname, search } = new URL(download.url());
+      assert.notEqual(pathname + search, hrefBeforeRestart);
+      assert.ok(readFileSync(await download.path()).equals(fileBytes), "downloaded bytes match");
     });
 
     await step("older messages load when scrolling back", async () => {
