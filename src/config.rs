@@ -138,6 +138,18 @@ pub struct Config {
     #[arg(long, env = "CHATD_LARGE_GROUP", default_value_t = 1000)]
     pub large_group: usize,
 
+    /// Lifetime of a signed download link from `file.link` (at most 1 day). A link used later
+    /// gets `401`; clients ask for a fresh one. Links also end when the server restarts.
+    #[arg(long, env = "CHATD_FILE_LINK_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub file_link_ttl: Duration,
+
+    /// Deprecated: also accept a session token or JWT in the query string of a download
+    /// (`/files/{id}?token=...`), as old clients send it. Off by default: a long-lived
+    /// credential in a URL ends up in proxy logs and browser history. Without it such a
+    /// download gets `401`; clients use `Authorization: Bearer` or a signed link instead.
+    #[arg(long, env = "CHATD_QUERY_TOKEN_DOWNLOADS")]
+    pub query_token_downloads: bool,
+
     /// Delete messages (with their files) older than this, e.g. `365d`. Unset: keep them.
     #[arg(long, env = "CHATD_MESSAGE_RETENTION", value_parser = parse_duration)]
     pub message_retention: Option<Duration>,
@@ -382,6 +394,9 @@ impl Default for Config {
     }
 }
 
+/// Longest `--file-link-ttl` accepted.
+pub const MAX_FILE_LINK_TTL: Duration = Duration::from_secs(86_400);
+
 /// The outgoing queue cap unless the message size asks for more.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 << 20;
 
@@ -457,6 +472,11 @@ impl Config {
                 self.largest_frame(),
                 self.max_message_size
             ));
+        }
+        if self.file_link_ttl.is_zero() || self.file_link_ttl > MAX_FILE_LINK_TTL {
+            return Err(
+                "--file-link-ttl must be above zero and at most 1d: a long-lived link is a credential in a URL again".into(),
+            );
         }
         if self.stall_timeout.is_zero() {
             return Err("--stall-timeout must be above zero, or any socket that is full for a moment would end its connection".into());
@@ -596,6 +616,23 @@ mod tests {
             "16777226",
         ]);
         assert!(exact.validate().is_ok());
+    }
+
+    #[test]
+    fn file_link_lifetime_is_bounded() {
+        let c = Config::default();
+        assert_eq!(c.file_link_ttl, Duration::from_secs(300));
+        assert!(!c.query_token_downloads);
+        for bad in ["0", "2d"] {
+            let c = Config::parse_from(["chatd", "--file-link-ttl", bad]);
+            assert!(
+                c.validate().unwrap_err().contains("--file-link-ttl"),
+                "{bad}"
+            );
+        }
+        assert!(Config::parse_from(["chatd", "--file-link-ttl", "1d"])
+            .validate()
+            .is_ok());
     }
 
     #[test]

@@ -123,13 +123,18 @@ fn twenty_mib_round_trip_with_matching_sha256() {
         .starts_with("attachment; filename=\"big.bin\""));
     assert_eq!(r.body.len(), data.len());
     assert_eq!(sha(&r.body), sha(&data));
-    // by query token, as the uploader
-    let r = get(&server, &format!("/files/{file_id}?token={a_token}"), &[]);
+    // by a signed link, as the uploader
+    let link = a.ok(json!({"type": "file.link", "file_id": file_id}));
+    let url = link["url"].as_str().unwrap();
+    let r = get(&server, url, &[]);
     assert_eq!(r.status, 200);
     assert_eq!(sha(&r.body), sha(&data));
     // HEAD: the head only
     let head = server.http(
-        format!("HEAD /files/{file_id}?token={a_token} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        format!(
+            "HEAD /files/{file_id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {a_token}\r\n\r\n"
+        )
+        .as_bytes(),
     );
     assert_eq!((head.status, head.body.len()), (200, 0));
     let metrics = server.metrics();
@@ -474,7 +479,7 @@ fn leaving_the_group_mid_upload_drops_the_file() {
 #[test]
 fn non_bearer_authorization_falls_back_to_the_query_token() {
     let dir = DataDir::new("basic");
-    let server = chat::start(&dir, &[]);
+    let server = chat::start(&dir, &["--query-token-downloads"]);
     let (mut a, token) = user(&server, "alice");
     let (id, _) = upload(&mut a, "@alice", "f", None, b"bytes", 5);
     let r = get(

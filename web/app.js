@@ -3,6 +3,7 @@
 // How it fits together:
 //   connection.js  the WebSocket: requests and replies, events, reconnecting with backoff
 //   upload.js      sending a file as binary messages
+//   links.js       signed download links for files, so that no token ever goes into a URL
 //   model.js       conversations and messages as plain data, and formatting helpers
 //   app.js         (this file) the state of the session, the protocol flows, and the page
 //
@@ -13,6 +14,7 @@
 
 import { Connection, ConnectionLost, ServerError } from "./connection.js";
 import { Upload, UploadCancelled } from "./upload.js";
+import { FileLinks } from "./links.js";
 import {
   Conversation,
   conversationOf,
@@ -69,6 +71,9 @@ const conn = new Connection(webSocketUrl(), {
   onStatus: handleStatus,
 });
 
+// Links to files (hrefs and image sources) are short-lived URLs the server signs for one file.
+const links = new FileLinks((type, args) => conn.request(type, args));
+
 function webSocketUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}/ws`;
@@ -106,10 +111,6 @@ function noteMsgId(msgId) {
 function newClientId() {
   const bytes = crypto.getRandomValues(new Uint8Array(12));
   return "w" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function fileUrl(fileId) {
-  return `/files/${encodeURIComponent(fileId)}?token=${encodeURIComponent(state.session.token)}`;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -161,6 +162,7 @@ function startSession(session) {
 /** Forgets the session (after logout, or when the server no longer accepts the token). */
 function endSession(message = "") {
   conn.disconnect();
+  links.clear();
   state.upload?.cancel();
   Object.assign(state, {
     session: null,
@@ -245,6 +247,9 @@ async function becameAuthenticated(recovering) {
   state.authenticated = true;
   state.presence.set(me(), true);
   conn.markHealthy();
+  // Links from before may be signed by a server that has restarted since: sign them again.
+  links.clear();
+  for (const node of el.messages.querySelectorAll("[data-file-id]")) resolveFileUrl(node);
   if (!recovering) {
     for (const conv of state.conversations.values()) conv.clearMessages();
   }
@@ -1178,22 +1183,72 @@ function messageNode(m) {
   );
 }
 
+/**
+ * A file in a message: a download link, and the image itself for images. Their URLs are signed
+ * links that the server gives for this one file (links.js); they are filled in once known.
+ */
 function fileNode(file) {
-  const url = fileUrl(file.id);
   const link = h(
     "a",
-    { className: "file-link", attrs: { href: url, download: file.name, "data-testid": "file-link" } },
+    {
+      className: "file-link",
+      attrs: { download: file.name, "data-file-id": file.id, "data-testid": "file-link" },
+      on: { click: (event) => followFileLink(event, link) },
+    },
     [file.name],
   );
+  resolveFileUrl(link);
   const caption = [link, " ", h("span", { className: "hint", text: formatBytes(file.size) })];
   if (!file.mime || !file.mime.startsWith("image/")) {
     return h("div", { className: "file" }, caption);
   }
   const image = h("img", {
-    attrs: { src: url, alt: file.name, loading: "lazy", "data-testid": "message-image" },
-    on: { load: keepAtBottom },
+    attrs: { alt: file.name, loading: "lazy", "data-file-id": file.id, "data-testid": "message-image" },
+    on: { load: keepAtBottom, error: () => fileImageFailed(image) },
   });
+  resolveFileUrl(image);
   return h("figure", { className: "file image" }, [image, h("figcaption", {}, caption)]);
+}
+
+/** Gives a file's link or image the URL of a good signed link (once signed in). */
+function resolveFileUrl(node) {
+  if (!state.authenticated) return; // becameAuthenticated() comes back to it
+  const loaded = node.tagName === "IMG" && node.complete && node.naturalWidth > 0;
+  if (loaded) return;
+  links.get(node.dataset.fileId).then(
+    (url) => {
+      const attribute = node.tagName === "IMG" ? "src" : "href";
+      if (node.getAttribute(attribute) !== url) node.setAttribute(attribute, url);
+    },
+    () => {}, // signed out, or the file is gone: nothing to show
+  );
+}
+
+/** A click on a file's link: follow it while it is good, otherwise get a new one first. */
+function followFileLink(event, link) {
+  const href = link.getAttribute("href");
+  if (link.dataset.following === href || (href && links.fresh(link.dataset.fileId) === href)) {
+    delete link.dataset.following;
+    return; // the browser follows it
+  }
+  event.preventDefault();
+  links.get(link.dataset.fileId).then(
+    (url) => {
+      link.setAttribute("href", url);
+      link.dataset.following = url;
+      link.click();
+    },
+    (e) => reportFailure(`Could not open ${link.textContent}`, e),
+  );
+}
+
+/** An image's link was refused (expired, or the server restarted): ask once for a new one. */
+function fileImageFailed(image) {
+  const src = image.getAttribute("src");
+  if (!src || image.dataset.failed === src) return;
+  image.dataset.failed = src;
+  links.forget(image.dataset.fileId);
+  resolveFileUrl(image);
 }
 
 /** An image finished loading and grew the list: stay at the end if we were there. */

@@ -1,11 +1,12 @@
 //! The HTTP request head: `http::request::parse` with the server's default limits and with small
-//! ones, the upgrade check and the download token on whatever parses, and `http::download::parse_range` (with the
+//! ones, the upgrade check and the download credential (a signed link's check included) on
+//! whatever parses, and `http::download::parse_range` (with the
 //! download response head built from its answer) on the request's `Range` header and on the
 //! input as text, for sizes at the edges.
 //!
 //! Invariants: a complete head is at most the input and at most `max_size`, and parses the same
 //! from exactly its own bytes; a satisfiable range lies inside the file; the download head never
-//! carries a CR or LF from the file name or media type.
+//! carries a CR or LF from the file name or media type; no link signed by another key verifies.
 #![no_main]
 
 use chatd::http::download::{self, Range};
@@ -54,7 +55,11 @@ fn check_head(data: &[u8], limits: HeadLimits) {
             assert!(resp.starts_with(b"HTTP/1.1 101 ") && resp.ends_with(b"\r\n\r\n"));
         }
     }
-    let _ = download::bearer_token(&req);
+    if let download::Credential::Link { user, exp, sig } = download::credential(&req) {
+        let key = chatd::chat::links::LinkKey::from_bytes([0x5a; 32]);
+        let file_id = req.path.strip_prefix("/files/").unwrap_or("");
+        assert!(key.verify(file_id, &user, &exp, &sig, 0).is_err(), "{req:?}");
+    }
     check_range(req.header("range"), None);
 }
 

@@ -48,6 +48,10 @@ pub struct Settings {
     pub files_dir: std::path::PathBuf,
     /// Largest file, in bytes.
     pub max_file_size: u64,
+    /// Lifetime of a signed download link from `file.link`.
+    pub file_link_ttl: Duration,
+    /// The key that signs download links.
+    pub file_link_key: super::links::LinkKey,
     /// Bytes of files one user may have stored (0: no limit).
     pub user_file_quota: u64,
     /// Uploads are refused while the disk would have less than this free after them.

@@ -37,6 +37,10 @@ pub struct Destination {
 pub enum DownloadRefusal {
     /// No valid token: 401.
     Unauthenticated,
+    /// A signed link that is malformed, tampered with, for another file or expired: 401.
+    BadLink,
+    /// A token in the query string, which the configuration does not accept: 401.
+    TokenInUrl,
     /// Not a participant of the conversation: 403.
     Forbidden,
     /// No such file: 404.
@@ -275,6 +279,16 @@ impl Service {
             Err(f) if f.code == ErrorCode::Unavailable => return Err(DownloadRefusal::Unavailable),
             Err(_) => return Err(DownloadRefusal::Unauthenticated),
         };
+        self.readable(user, file_id)
+    }
+
+    /// Whether `user` may read the file now: a group file needs membership, a direct file
+    /// being its sender or recipient. Returns the metadata and the path of the bytes.
+    pub(super) fn readable(
+        &mut self,
+        user: UserId,
+        file_id: &str,
+    ) -> Result<(FileMeta, std::path::PathBuf), DownloadRefusal> {
         if !upload::valid_file_id(file_id) {
             return Err(DownloadRefusal::NotFound);
         }

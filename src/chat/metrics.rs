@@ -46,6 +46,20 @@ pub struct FileMetrics {
     pub uploads: u64,
     /// Failed or abandoned uploads, by reason.
     pub failures: std::collections::BTreeMap<&'static str, u64>,
+    /// Signed download links given by `file.link`.
+    pub links_issued: u64,
+    /// Downloads refused for their credential in the URL, by reason.
+    pub downloads_refused: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Why a download's URL credential was refused, as counted.
+pub const DOWNLOAD_REFUSALS: [&str; 3] = ["link_invalid", "link_expired", "token_in_url"];
+
+impl FileMetrics {
+    /// Counts a download refused for its URL credential (one of [`DOWNLOAD_REFUSALS`]).
+    pub fn download_refused(&mut self, reason: &'static str) {
+        *self.downloads_refused.entry(reason).or_default() += 1;
+    }
 }
 
 /// Upper bounds (microseconds) of the commit latency histogram's buckets.
@@ -167,6 +181,15 @@ impl Service {
                 out,
                 "chatd_file_upload_failures_total{{reason=\"{reason}\"}} {}",
                 m.failures.get(reason).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(out, "# HELP chatd_file_links_issued_total Signed download links given by file.link.\n# TYPE chatd_file_links_issued_total counter\nchatd_file_links_issued_total {}", m.links_issued);
+        let _ = writeln!(out, "# HELP chatd_file_downloads_refused_total Downloads answered 401 for the credential in their URL: a signed link that is invalid or expired, or a token in the query string.\n# TYPE chatd_file_downloads_refused_total counter");
+        for reason in DOWNLOAD_REFUSALS {
+            let _ = writeln!(
+                out,
+                "chatd_file_downloads_refused_total{{reason=\"{reason}\"}} {}",
+                m.downloads_refused.get(reason).copied().unwrap_or(0)
             );
         }
     }

@@ -8,7 +8,8 @@
 //!    and its one output, [`Effect`]s; the command table and the [`Outcome`] of every handler.
 //! 4. [`held`]: replies in request order, and closing after the replies owed.
 //! 5. The handlers by job: [`accounts`] (with [`login_guard`]), [`sessions`] (credentials on
-//!    live connections), [`presence`], [`groups`], [`listing`], [`messaging`], [`files`].
+//!    live connections), [`presence`], [`groups`], [`listing`], [`messaging`], [`files`] (with
+//!    [`links`], signed download links).
 //! 6. [`batch`]: the iteration's writes, committed off the loop, and what follows each;
 //!    [`retention`]: the prunes that join it.
 //! 7. [`directory`]: users, groups and roles remembered from the store; [`probes`]: the
@@ -26,6 +27,7 @@ pub mod files;
 pub mod groups;
 pub mod hasher;
 pub mod held;
+pub mod links;
 pub mod listing;
 pub mod login_guard;
 pub mod messaging;

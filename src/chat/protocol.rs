@@ -155,6 +155,12 @@ pub enum Command {
     /// Drop the upload in progress.
     #[serde(rename = "file.cancel")]
     FileCancel,
+    /// A short-lived signed link to download a file, instead of a token in the URL.
+    #[serde(rename = "file.link")]
+    FileLink {
+        /// The file's id.
+        file_id: String,
+    },
     /// Replay what was missed since a msg_id, as at login.
     #[serde(rename = "sync")]
     Sync {

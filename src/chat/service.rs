@@ -424,6 +424,7 @@ impl Service {
                 false => reply(over_rate("uploads")),
             },
             Command::FileCancel => reply(self.file_cancel(conn)),
+            Command::FileLink { file_id } => reply(self.file_link(&me, &file_id, now)),
             Command::GroupCreate { group, private } => {
                 match self.per_user.take(me.id, Act::GroupCreate, now.mono) {
                     true => self.group_create(&me, group, private, now),

@@ -68,6 +68,8 @@ fn settings() -> Settings {
         },
         files_dir: std::env::temp_dir().join("chatd-service-tests-unused"),
         max_file_size: 1 << 20,
+        file_link_ttl: Duration::from_secs(300),
+        file_link_key: super::links::LinkKey::from_bytes([7; 32]),
         user_file_quota: 0,
         min_free_disk: 0,
         large_group: 1000,

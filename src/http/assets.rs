@@ -37,6 +37,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../web/model.js"),
     ),
     (
+        "/links.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/links.js"),
+    ),
+    (
         "/upload.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../web/upload.js"),

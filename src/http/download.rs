@@ -1,4 +1,5 @@
-//! The pieces of a file download: the token (`Authorization: Bearer` or `?token=`), `Range`
+//! The pieces of a file download: the credential (`Authorization: Bearer`, a signed link, or
+//! the deprecated `?token=`), `Range`
 //! (RFC 9110 14.2), `Content-Disposition` (RFC 6266, with RFC 8187 for non-ASCII names), the
 //! response head, and the file opened at the range's first byte.
 
@@ -153,21 +154,67 @@ pub fn head(range: Range, size: u64, mime: Option<&str>, name: &str) -> (u16, St
     (status, head)
 }
 
-/// The token of a download: `Authorization: Bearer TOKEN`, or `?token=TOKEN`.
-pub fn bearer_token(req: &Request) -> Option<String> {
+/// What a download presents to show that it may read the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// Nothing: `401`.
+    None,
+    /// `Authorization: Bearer TOKEN`: a session token or a JWT, for API clients.
+    Bearer(String),
+    /// A signed link from `file.link`: its `u`, `exp` and `sig` as they stand in the query (a
+    /// missing or repeated one is empty, which no signature matches).
+    Link {
+        /// The user it was issued to.
+        user: String,
+        /// Its expiry, ms since the epoch.
+        exp: String,
+        /// The signature.
+        sig: String,
+    },
+    /// `?token=TOKEN`: a session token or a JWT in the URL, as old clients send it; accepted
+    /// only with `--query-token-downloads`.
+    QueryToken(String),
+}
+
+/// The credential of a download. An `Authorization: Bearer` header wins (an `Authorization`
+/// header with another scheme is ignored); then a signed link (a query with `sig`); then
+/// `?token=`.
+pub fn credential(req: &Request) -> Credential {
     let bearer = req.header("authorization").and_then(|auth| {
         let (scheme, token) = auth.split_once(' ')?;
         scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_string())
     });
-    if bearer.is_some() {
-        return bearer;
+    if let Some(token) = bearer {
+        return Credential::Bearer(token);
     }
-    req.query.as_deref()?.split('&').find_map(|pair| {
-        pair.strip_prefix("token=")
-            .map(|t| t.replace("%2E", ".").replace("%2e", "."))
-    })
+    let query = req.query.as_deref().unwrap_or("");
+    let once = |name: &str| {
+        let mut found = query_values(query, name);
+        match (found.next(), found.next()) {
+            (Some(value), None) => value.to_string(),
+            _ => String::new(),
+        }
+    };
+    if query_values(query, "sig").next().is_some() {
+        return Credential::Link {
+            user: once("u"),
+            exp: once("exp"),
+            sig: once("sig"),
+        };
+    }
+    match query_values(query, "token").next() {
+        Some(t) => Credential::QueryToken(t.replace("%2E", ".").replace("%2e", ".")),
+        None => Credential::None,
+    }
+}
+
+/// The values of the parameter `name` in a query string, as they stand.
+fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> {
+    query
+        .split('&')
+        .filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Opens a stored file for the requested range: the response head, the file positioned at the
@@ -250,6 +297,61 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=a-b"), size), Range::Full);
         assert_eq!(parse_range(Some("bytes=-"), size), Range::Full);
         assert_eq!(parse_range(Some("bytes=+1-2"), size), Range::Full);
+    }
+
+    fn request(query: Option<&str>, authorization: Option<&str>) -> Request {
+        let mut head = format!(
+            "GET /files/x{} HTTP/1.1\r\nHost: t\r\n",
+            query.map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        if let Some(a) = authorization {
+            head.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        head.push_str("\r\n");
+        let limits = crate::http::request::HeadLimits {
+            max_size: 8192,
+            max_headers: 16,
+        };
+        match crate::http::request::parse(head.as_bytes(), limits) {
+            Ok(crate::http::request::Parsed::Complete(req, _)) => req,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn credentials() {
+        let link = |u: &str, exp: &str, sig: &str| Credential::Link {
+            user: u.into(),
+            exp: exp.into(),
+            sig: sig.into(),
+        };
+        assert_eq!(credential(&request(None, None)), Credential::None);
+        assert_eq!(
+            credential(&request(Some("u=4&exp=9&sig=abc"), None)),
+            link("4", "9", "abc")
+        );
+        // A bearer header wins; another scheme is ignored.
+        assert_eq!(
+            credential(&request(Some("u=4&exp=9&sig=abc"), Some("Bearer tok"))),
+            Credential::Bearer("tok".into())
+        );
+        assert_eq!(
+            credential(&request(Some("u=4&exp=9&sig=abc"), Some("Basic Zm9v"))),
+            link("4", "9", "abc")
+        );
+        // A link wins over a token; a repeated or missing field is empty.
+        assert_eq!(
+            credential(&request(Some("token=t&sig=a&u=1&u=2"), None)),
+            link("", "", "a")
+        );
+        assert_eq!(
+            credential(&request(Some("token=a%2Eb.c"), None)),
+            Credential::QueryToken("a.b.c".into())
+        );
+        assert_eq!(
+            credential(&request(Some("tokens=x"), None)),
+            Credential::None
+        );
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! The HTTP side of the loop: a request head becomes a WebSocket upgrade on a known path, a
 //! download of a stored file, or a plain response (the web client, `/healthz`, `/metrics`).
 
+use std::path::PathBuf;
+
 use log::debug;
 use sha2::{Digest, Sha256};
 
 use super::Server;
 use crate::chat::{DownloadRefusal, Now};
 use crate::conn::Route;
-use crate::http::download::{bearer_token, open_range};
+use crate::http::download::{credential, open_range, Credential};
 use crate::http::{assets, handshake, Request, Response};
 use crate::metrics::Gauges;
+use crate::store::FileMeta;
 
 impl Server {
     /// Answers a request head: an upgrade on a known WebSocket path, or a plain HTTP route.
@@ -72,24 +75,16 @@ impl Server {
         }
     }
 
-    /// `GET /files/{id}`: authorized by a bearer token or `?token=`, streamed from disk with
-    /// `Range` support.
+    /// `GET /files/{id}`: authorized by a bearer token or a signed link (or, when allowed, a
+    /// token in the query), streamed from disk with `Range` support.
     fn download(&mut self, key: usize, req: &Request, file_id: &str, now: Now) {
         let head_only = req.method == "HEAD";
-        let refusal = |status: u16| Response::status(status);
         let outcome = if req.method != "GET" && !head_only {
-            Err(refusal(405).with_header("Allow", "GET, HEAD"))
+            Err(Response::status(405).with_header("Allow", "GET, HEAD"))
         } else {
-            let token = bearer_token(req);
-            match self.chat.authorize_download(token.as_deref(), file_id, now) {
-                Err(DownloadRefusal::Unauthenticated) => {
-                    Err(refusal(401).with_header("WWW-Authenticate", "Bearer"))
-                }
-                Err(DownloadRefusal::Forbidden) => Err(refusal(403)),
-                Err(DownloadRefusal::NotFound) => Err(refusal(404)),
-                Err(DownloadRefusal::Unavailable) => Err(refusal(503)),
-                Ok((meta, path)) => open_range(&path, &meta, req.header("range")),
-            }
+            self.authorize(credential(req), file_id, now)
+                .map_err(refused)
+                .and_then(|(meta, path)| open_range(&path, &meta, req.header("range")))
         };
         let Some((conn, mut cx, ..)) = self.lend(key, now.mono) else {
             return;
@@ -102,6 +97,30 @@ impl Server {
                     conn.peer, req.method, req.path, response.status
                 );
                 conn.respond(&response, head_only, &mut cx);
+            }
+        }
+    }
+
+    /// Who may download: the holder of a valid token in the `Authorization` header, or of a
+    /// signed link; a token in the query only when `--query-token-downloads` allows it.
+    fn authorize(
+        &mut self,
+        credential: Credential,
+        file_id: &str,
+        now: Now,
+    ) -> Result<(FileMeta, PathBuf), DownloadRefusal> {
+        match credential {
+            Credential::None => Err(DownloadRefusal::Unauthenticated),
+            Credential::Bearer(token) => self.chat.authorize_download(Some(&token), file_id, now),
+            Credential::Link { user, exp, sig } => {
+                self.chat.authorize_link(file_id, (&user, &exp, &sig), now)
+            }
+            Credential::QueryToken(token) if self.cfg.query_token_downloads => {
+                self.chat.authorize_download(Some(&token), file_id, now)
+            }
+            Credential::QueryToken(_) => {
+                self.chat.file_metrics.download_refused("token_in_url");
+                Err(DownloadRefusal::TokenInUrl)
             }
         }
     }
@@ -147,6 +166,26 @@ impl Server {
             queued_bytes: self.conns.iter().map(|(_, c)| c.queued()).sum(),
             max_connections: self.max_connections,
         }
+    }
+}
+
+/// The answer to a refused download.
+fn refused(refusal: DownloadRefusal) -> Response {
+    let unauthorized =
+        |why: &str| Response::text(401, why).with_header("WWW-Authenticate", "Bearer");
+    match refusal {
+        DownloadRefusal::Unauthenticated => {
+            Response::status(401).with_header("WWW-Authenticate", "Bearer")
+        }
+        DownloadRefusal::BadLink => {
+            unauthorized("this link is invalid or has expired; ask for a new one with file.link")
+        }
+        DownloadRefusal::TokenInUrl => unauthorized(
+            "tokens in URLs are not accepted: send Authorization: Bearer, or use a link from file.link",
+        ),
+        DownloadRefusal::Forbidden => Response::status(403),
+        DownloadRefusal::NotFound => Response::status(404),
+        DownloadRefusal::Unavailable => Response::status(503),
     }
 }
 

@@ -9,6 +9,7 @@ use mio::Waker;
 
 use crate::chat::auth::JwtRules;
 use crate::chat::hasher::Cost;
+use crate::chat::links::LinkKey;
 use crate::chat::ratelimit::{Rate, UserRates};
 use crate::chat::{Service, Settings};
 use crate::config::{Config, Registration, SyncMode};
@@ -29,7 +30,7 @@ pub(super) fn open_store(cfg: &Config, waker: Arc<Waker>) -> io::Result<(Service
     let writes = Store::open(&cfg.data_dir)
         .and_then(|s| s.set_synchronous(cfg.sync == SyncMode::Full).map(|()| s))
         .map_err(in_dir)?;
-    let settings = settings(cfg);
+    let settings = settings(cfg, LinkKey::random()?);
     let writer = Writer::start(writes, settings.files_dir.clone(), waker)?;
     let chat = Service::new(reads, settings).map_err(in_dir)?;
     Ok((chat, writer))
@@ -55,7 +56,7 @@ fn user_rates(cfg: &Config) -> UserRates {
 }
 
 /// The chat service's settings from the configuration.
-pub(super) fn settings(cfg: &Config) -> Settings {
+pub(super) fn settings(cfg: &Config, file_link_key: LinkKey) -> Settings {
     Settings {
         registration_open: cfg.registration == Registration::Open,
         jwt_secret: cfg.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
@@ -82,6 +83,8 @@ pub(super) fn settings(cfg: &Config) -> Settings {
         user_rates: user_rates(cfg),
         files_dir: crate::chat::upload::files_dir(&cfg.data_dir),
         max_file_size: cfg.max_file_size,
+        file_link_ttl: cfg.file_link_ttl,
+        file_link_key,
         user_file_quota: cfg.user_file_quota,
         min_free_disk: cfg.min_free_disk,
         large_group: cfg.large_group,

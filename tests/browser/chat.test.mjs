@@ -6,9 +6,10 @@
 // register and log in, a reload that stays logged in, a group that alice creates and bob joins,
 // a list of groups longer than one page of group.list (alice's group past the first page stays),
 // group and direct messages, unread counts, presence and the typing indicator, file uploads (a
-// file and an image) that bob sees and downloads, a server restart (kill -9 and start again on
-// the same port and data dir) with the pages reconnecting and catching up on what was sent
-// meanwhile, markup in a message shown as plain text, and logging out.
+// file and an image) that bob sees and downloads through signed links (never a token in a URL),
+// a server restart (kill -9 and start again on the same port and data dir) with the pages
+// reconnecting, catching up on what was sent meanwhile and signing their file links again,
+// markup in a message shown as plain text, and logging out.
 //
 // How to run (from the repository root):
 //   cargo build --release
@@ -27,7 +28,7 @@
 
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync, appendFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, appendFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -161,7 +162,7 @@ async function openUser(browser, name, contextOptions) {
   const context = await browser.newContext(contextOptions);
   context.setDefaultTimeout(WAIT_MS);
   const page = await context.newPage();
-  const user = { name, context, page, dialogs: [], errors: [] };
+  const user = { name, context, page, dialogs: [], errors: [], fileRequests: [] };
   const log = join(ARTIFACTS, `${name}-console.log`);
   page.on("dialog", (dialog) => {
     user.dialogs.push(dialog.message());
@@ -170,6 +171,9 @@ async function openUser(browser, name, contextOptions) {
   page.on("pageerror", (error) => {
     user.errors.push(`page error: ${error.message}`);
     appendFileSync(log, `pageerror ${error.message}\n`);
+  });
+  page.on("request", (request) => {
+    if (new URL(request.url()).pathname.startsWith("/files/")) user.fileRequests.push(request.url());
   });
   page.on("console", (message) => {
     appendFileSync(log, `${message.type()} ${message.text()}\n`);
@@ -513,6 +517,7 @@ async function main() {
     });
 
     const fileBytes = randomBytes(200 * 1024 + 123); // several 64 KiB chunks
+    let hrefBeforeRestart = null;
     const png = makePng(48, 32);
 
     await step("alice uploads a file and an image; bob sees them and downloads the file", async () => {
@@ -554,8 +559,11 @@ async function main() {
           (img) => img.complete && img.naturalWidth === 48 && img.naturalHeight === 32,
         ),
       );
+      // The link is signed for this one file; no token of bob's is in it.
+      await bob.page.locator('#messages [data-testid="file-link"][href]', { hasText: "notes.bin" }).waitFor();
       const href = await link.getAttribute("href");
-      assert.match(href, /^\/files\/[A-Za-z0-9_-]{22}\?token=/);
+      assert.match(href, /^\/files\/[A-Za-z0-9_-]{22}\?u=\d+&exp=\d+&sig=[A-Za-z0-9_-]{43}$/);
+      hrefBeforeRestart = href;
       const downloaded = await bob.page.evaluate(async (href) => {
         const response = await fetch(href);
         const bytes = new Uint8Array(await response.arrayBuffer());
@@ -569,7 +577,7 @@ async function main() {
       // The only images in the messages are the uploaded ones.
       const sources = await bob.page.locator("#messages img").evaluateAll((imgs) => imgs.map((i) => i.getAttribute("src")));
       assert.equal(sources.length, 1);
-      assert.match(sources[0], /^\/files\//);
+      assert.match(sources[0], /^\/files\/[A-Za-z0-9_-]{22}\?u=\d+&exp=\d+&sig=/);
     });
 
     await step("after a server restart both pages reconnect and bob catches up", async () => {
@@ -607,6 +615,31 @@ async function main() {
       }
       await screenshots("after-restart");
     }, 90_000);
+
+    await step("after the restart, file links are signed again and still download", async () => {
+      // The restarted server signs with a new key: the old link is refused, the page has a new one.
+      const old = await bob.page.evaluate(async (href) => (await fetch(href)).status, hrefBeforeRestart);
+      assert.equal(old, 401, "a link from before the restart");
+      const link = bob.page.locator('#messages [data-testid="file-link"]', { hasText: "notes.bin" });
+      await until(
+        bob.page,
+        (before) =>
+          [...document.querySelectorAll('#messages [data-testid="file-link"]')].some(
+            (a) => a.textContent === "notes.bin" && a.getAttribute("href") && a.getAttribute("href") !== before,
+          ),
+        hrefBeforeRestart,
+      );
+      const status = await bob.page.evaluate(async (href) => (await fetch(href)).status, await link.getAttribute("href"));
+      assert.equal(status, 200);
+      // A click on a link gone stale gets a fresh one first, then downloads.
+      await link.evaluate((a, old) => a.setAttribute("href", old), hrefBeforeRestart);
+      const [download] = await Promise.all([bob.page.waitForEvent("download"), link.click()]);
+      assert.equal(await download.failure(), null);
+      assert.equal(download.suggestedFilename(), "notes.bin");
+      const { pathname, search } = new URL(download.url());
+      assert.notEqual(pathname + search, hrefBeforeRestart);
+      assert.ok(readFileSync(await download.path()).equals(fileBytes), "downloaded bytes match");
+    });
 
     await step("older messages load when scrolling back", async () => {
       // 60 more messages: more than one history page (50) after a reload.
@@ -676,6 +709,16 @@ async function main() {
       for (const user of [alice, bob]) {
         assert.deepEqual(user.errors, [], `${user.name}: errors`);
         assert.deepEqual(user.dialogs, [], `${user.name}: dialogs`);
+      }
+    });
+
+    await step("no file was ever asked for with a token in its URL", async () => {
+      for (const user of [alice, bob]) {
+        assert.ok(user.fileRequests.length > 0, `${user.name} downloaded files`);
+        for (const url of user.fileRequests) {
+          assert.doesNotMatch(url, /[?&]token=/, `${user.name}: ${url}`);
+          assert.match(url, /\?u=\d+&exp=\d+&sig=/, `${user.name}: ${url}`);
+        }
       }
     });
 
